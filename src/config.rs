@@ -1,0 +1,516 @@
+//! Configuration: the hujson `config.json` of the Go seed, with its field names and defaults,
+//! plus the fields this port adds.
+//!
+//! Two phases (ripgrep's split): [`RawConfig`] mirrors the file exactly (`deny_unknown_fields`,
+//! so a typo is an error naming the field), and [`Config`] holds validated, typed values.
+//! [`Config::from_str`] is pure and unit-tested; [`Config::load`] only adds the file I/O.
+//!
+//! hujson is JSON with comments and trailing commas; it is parsed with `json5`, a strict
+//! superset, so JSON5-only syntax (unquoted keys, single quotes) is accepted too.
+//! Relative paths are taken relative to the working directory, as the Go seed does: the
+//! defaults (`./state`, `./state/signing.key`) would otherwise resolve to `./state/state/…`
+//! from a config file that itself lives in `./state/`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The commented default configuration written by `labeler -init` (and shipped at the repo
+/// root as `config.json.example`).
+pub const EXAMPLE: &str = include_str!("../config.json.example");
+
+/// Default config location used when no `-config` is given.
+pub const DEFAULT_PATH: &str = "./state/config.json";
+
+/// File name of the SQLite database inside `stateDir`.
+pub const DB_FILE: &str = "labeler.db";
+
+/// Configuration errors. Each names the file (or origin) and, where known, the position.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file does not exist.
+    #[error("config file {0} does not exist; run `labeler -init` to create it")]
+    Missing(PathBuf),
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// Syntax error, unknown field or wrong type.
+    #[error("{origin}:{line}:{column}: {message}")]
+    Syntax {
+        /// Where the text came from (file path).
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A syntax error json5 could not place.
+    #[error("{origin}: {message}")]
+    Unplaced {
+        /// Where the text came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has a value of the right type that is not acceptable.
+    #[error("{origin}: field \"{field}\": {message}")]
+    Invalid {
+        /// Where the text came from.
+        origin: String,
+        /// The field's name as written in the file.
+        field: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// The file as written. Every field is optional; `None` means "use the default".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    /// `listenAddr`, default `:8081`.
+    pub listen_addr: Option<String>,
+    /// `stateDir`, default `./state`.
+    pub state_dir: Option<String>,
+    /// `jetstreamURL`.
+    #[serde(rename = "jetstreamURL")]
+    pub jetstream_url: Option<String>,
+    /// `signingKeyPath`, default `./state/signing.key`.
+    pub signing_key_path: Option<String>,
+    /// `reverifyInterval`, default `24h`.
+    pub reverify_interval: Option<String>,
+    /// `labelerDid`, default the key's did:key.
+    pub labeler_did: Option<String>,
+    /// `plcURL`, default `https://plc.directory`.
+    #[serde(rename = "plcURL")]
+    pub plc_url: Option<String>,
+    /// `dnsServers`, default empty (system resolver).
+    pub dns_servers: Option<Vec<String>>,
+    /// `dnsTimeout`, default `5s`.
+    pub dns_timeout: Option<String>,
+    /// `relaySpfInclude`, default unset.
+    pub relay_spf_include: Option<String>,
+    /// `verifyRecordsAtPds`, default `true`.
+    pub verify_records_at_pds: Option<bool>,
+    /// `logFormat`, default `text`.
+    pub log_format: Option<String>,
+    /// `staleAfter`, default `72h`.
+    pub stale_after: Option<String>,
+    /// `maxSubscribers`, default 1000.
+    pub max_subscribers: Option<u64>,
+    /// `verifyConcurrency`, default 16.
+    pub verify_concurrency: Option<u64>,
+    /// `allowPrivateAddresses`, default `false`.
+    pub allow_private_addresses: Option<bool>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the XRPC server listens.
+    pub listen_addr: SocketAddr,
+    /// State directory (database, default key location).
+    pub state_dir: PathBuf,
+    /// Jetstream `/subscribe` URL (`ws://` or `wss://`).
+    pub jetstream_url: String,
+    /// Hex secp256k1 key file.
+    pub signing_key_path: PathBuf,
+    /// Re-verification period.
+    pub reverify_interval: Duration,
+    /// Labeler DID when configured; `None` means the key's did:key.
+    pub labeler_did: Option<String>,
+    /// PLC directory base URL, without a trailing slash.
+    pub plc_url: String,
+    /// DNS servers; empty means the system resolver.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Per-query DNS timeout.
+    pub dns_timeout: Duration,
+    /// SPF include name that marks relay membership.
+    pub relay_spf_include: Option<String>,
+    /// Confirm records at the author's PDS before labelling.
+    pub verify_records_at_pds: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long without a definitive answer before labels are withdrawn.
+    pub stale_after: Duration,
+    /// Cap on concurrent subscribeLabels connections.
+    pub max_subscribers: usize,
+    /// Cap on concurrent verifications.
+    pub verify_concurrency: usize,
+    /// Allow outbound fetches to private/loopback/link-local addresses.
+    pub allow_private_addresses: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        // The defaults are valid by construction; `from_raw` of an empty file yields them.
+        Config::from_raw(RawConfig::default(), "<defaults>").unwrap_or_else(|e| {
+            unreachable!("built-in defaults failed validation: {e}")
+        })
+    }
+}
+
+impl Config {
+    /// Parses and validates config text. `origin` names the source in error messages.
+    pub fn from_str(text: &str, origin: &str) -> Result<Config, Error> {
+        let raw: RawConfig = json5::from_str(text).map_err(|e| syntax_error(&e, origin))?;
+        Config::from_raw(raw, origin)
+    }
+
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                Error::Missing(path.to_owned())
+            } else {
+                Error::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        Config::from_str(&text, &path.display().to_string())
+    }
+
+    /// Validates a parsed file, filling in defaults.
+    pub fn from_raw(raw: RawConfig, origin: &str) -> Result<Config, Error> {
+        let invalid = |field: &'static str, message: String| Error::Invalid {
+            origin: origin.to_owned(),
+            field,
+            message,
+        };
+        let duration = |field: &'static str, v: Option<String>, default: &str| {
+            let s = v.unwrap_or_else(|| default.to_owned());
+            match humantime::parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(invalid(field, "must be longer than zero".to_owned())),
+                Err(e) => Err(invalid(
+                    field,
+                    format!("{s:?} is not a duration ({e}); use e.g. \"24h\", \"90m\", \"5s\""),
+                )),
+            }
+        };
+
+        let listen = raw.listen_addr.unwrap_or_else(|| ":8081".to_owned());
+        let listen_addr = parse_listen_addr(&listen).ok_or_else(|| {
+            invalid(
+                "listenAddr",
+                format!("{listen:?} is not \":port\", \"ip:port\" or \"localhost:port\""),
+            )
+        })?;
+
+        let jetstream_url = raw
+            .jetstream_url
+            .unwrap_or_else(|| "wss://jetstream1.us-east.bsky.network/subscribe".to_owned());
+        check_url(&jetstream_url, &["ws", "wss"])
+            .map_err(|m| invalid("jetstreamURL", m))?;
+
+        let plc_url = raw
+            .plc_url
+            .unwrap_or_else(|| "https://plc.directory".to_owned());
+        check_url(&plc_url, &["http", "https"]).map_err(|m| invalid("plcURL", m))?;
+        let plc_url = plc_url.trim_end_matches('/').to_owned();
+
+        let mut dns_servers = Vec::new();
+        for s in raw.dns_servers.unwrap_or_default() {
+            let addr = parse_dns_server(&s).ok_or_else(|| {
+                invalid(
+                    "dnsServers",
+                    format!("{s:?} is not \"ip\", \"ip:port\" or \"[ipv6]:port\""),
+                )
+            })?;
+            dns_servers.push(addr);
+        }
+
+        if let Some(did) = &raw.labeler_did {
+            if !is_did(did) {
+                return Err(invalid(
+                    "labelerDid",
+                    format!("{did:?} is not a DID (did:plc:…, did:web:…, did:key:…)"),
+                ));
+            }
+        }
+
+        if let Some(inc) = &raw.relay_spf_include {
+            if !is_hostname(inc) {
+                return Err(invalid(
+                    "relaySpfInclude",
+                    format!("{inc:?} is not a domain name"),
+                ));
+            }
+        }
+
+        let log_format = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "logFormat",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ));
+            }
+        };
+
+        let positive = |field: &'static str, v: Option<u64>, default: u64| match v {
+            None => Ok(default as usize),
+            Some(0) => Err(invalid(field, "must be at least 1".to_owned())),
+            Some(n) => usize::try_from(n).map_err(|_| invalid(field, "is too large".to_owned())),
+        };
+
+        let state_dir = PathBuf::from(raw.state_dir.unwrap_or_else(|| "./state".to_owned()));
+        if state_dir.as_os_str().is_empty() {
+            return Err(invalid("stateDir", "must not be empty".to_owned()));
+        }
+        let signing_key_path = PathBuf::from(
+            raw.signing_key_path
+                .unwrap_or_else(|| "./state/signing.key".to_owned()),
+        );
+        if signing_key_path.as_os_str().is_empty() {
+            return Err(invalid("signingKeyPath", "must not be empty".to_owned()));
+        }
+
+        Ok(Config {
+            listen_addr,
+            state_dir,
+            jetstream_url,
+            signing_key_path,
+            reverify_interval: duration("reverifyInterval", raw.reverify_interval, "24h")?,
+            labeler_did: raw.labeler_did,
+            plc_url,
+            dns_servers,
+            dns_timeout: duration("dnsTimeout", raw.dns_timeout, "5s")?,
+            relay_spf_include: raw
+                .relay_spf_include
+                .map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
+            verify_records_at_pds: raw.verify_records_at_pds.unwrap_or(true),
+            log_format,
+            stale_after: duration("staleAfter", raw.stale_after, "72h")?,
+            max_subscribers: positive("maxSubscribers", raw.max_subscribers, 1000)?,
+            verify_concurrency: positive("verifyConcurrency", raw.verify_concurrency, 16)?,
+            allow_private_addresses: raw.allow_private_addresses.unwrap_or(false),
+        })
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join(DB_FILE)
+    }
+}
+
+/// Turns a json5 error into one line with the origin and a 1-based position.
+fn syntax_error(e: &json5::Error, origin: &str) -> Error {
+    let full = e.to_string();
+    match e.position() {
+        Some(p) => {
+            // json5's Display appends " at line L column C"; we put the position up front.
+            let message = full
+                .rsplit_once(" at line ")
+                .map_or(full.as_str(), |(m, _)| m)
+                .to_owned();
+            Error::Syntax {
+                origin: origin.to_owned(),
+                line: p.line + 1,
+                column: p.column + 1,
+                message,
+            }
+        }
+        None => Error::Unplaced {
+            origin: origin.to_owned(),
+            message: full,
+        },
+    }
+}
+
+/// `:8081` (all interfaces, like Go's net.Listen), `ip:port`, `[v6]:port`, `localhost:port`.
+fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        return Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port.parse().ok()?,
+        ));
+    }
+    if let Some(port) = s.strip_prefix("localhost:") {
+        return Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port.parse().ok()?,
+        ));
+    }
+    s.parse().ok()
+}
+
+/// `ip` (port 53), `ip:port` or `[v6]:port`.
+fn parse_dns_server(s: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    s.parse().ok()
+}
+
+/// Checks that `s` parses as a URL with one of `schemes` and a host.
+fn check_url(s: &str, schemes: &[&str]) -> Result<(), String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!(
+            "{s:?} must use {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(())
+}
+
+/// A DID: `did:<method>:<identifier>` per `spec:/specs/did` "DID Syntax".
+pub fn is_did(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("did:") else {
+        return false;
+    };
+    let Some((method, id)) = rest.split_once(':') else {
+        return false;
+    };
+    !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_lowercase())
+        && !id.is_empty()
+        && s.len() <= 2048
+        && !id.ends_with(':')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:%-".contains(&b))
+}
+
+/// An LDH hostname with at least two labels (underscores allowed, as SPF include targets
+/// such as `_spf.example.com` use them).
+pub fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_go_defaults() {
+        let c = Config::from_str("{}", "t").unwrap();
+        assert_eq!(c.listen_addr, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.state_dir, PathBuf::from("./state"));
+        assert_eq!(
+            c.jetstream_url,
+            "wss://jetstream1.us-east.bsky.network/subscribe"
+        );
+        assert_eq!(c.signing_key_path, PathBuf::from("./state/signing.key"));
+        assert_eq!(c.reverify_interval, Duration::from_secs(24 * 3600));
+        assert_eq!(c.plc_url, "https://plc.directory");
+        assert!(c.dns_servers.is_empty());
+        assert_eq!(c.dns_timeout, Duration::from_secs(5));
+        assert!(c.verify_records_at_pds);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.stale_after, Duration::from_secs(72 * 3600));
+        assert!(c.labeler_did.is_none() && c.relay_spf_include.is_none());
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let c = Config::from_str(EXAMPLE, "config.json.example").unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn hujson_comments_and_trailing_commas() {
+        let text = "// top\n{\n  /* block */ \"listenAddr\": \"127.0.0.1:9000\", // tail\n  \"dnsServers\": [\"127.0.0.1:5353\", \"10.0.0.1\",],\n}\n";
+        let c = Config::from_str(text, "t").unwrap();
+        assert_eq!(c.listen_addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(
+            c.dns_servers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "10.0.0.1:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_position() {
+        let err = Config::from_str("{\n  \"listenAdr\": \":1\"\n}", "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listenAdr"), "{err}");
+        assert!(err.starts_with("c.json:2:"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_line_and_column() {
+        let err = Config::from_str("{\n  \"listenAddr\": :8081\n}", "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.json:2:17:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        for (text, field) in [
+            (r#"{"reverifyInterval": "soon"}"#, "reverifyInterval"),
+            (r#"{"reverifyInterval": "0s"}"#, "reverifyInterval"),
+            (r#"{"listenAddr": "8081"}"#, "listenAddr"),
+            (r#"{"jetstreamURL": "https://x/subscribe"}"#, "jetstreamURL"),
+            (r#"{"plcURL": "plc.directory"}"#, "plcURL"),
+            (r#"{"dnsServers": ["dns.google"]}"#, "dnsServers"),
+            (r#"{"labelerDid": "alice.example"}"#, "labelerDid"),
+            (r#"{"logFormat": "xml"}"#, "logFormat"),
+            (r#"{"maxSubscribers": 0}"#, "maxSubscribers"),
+            (r#"{"relaySpfInclude": "not a domain"}"#, "relaySpfInclude"),
+        ] {
+            let err = Config::from_str(text, "c").unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let err = Config::from_str(r#"{"verifyRecordsAtPds": "yes"}"#, "c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c:1:"), "{err}");
+    }
+
+    #[test]
+    fn did_and_hostname_syntax() {
+        assert!(is_did("did:plc:ewvi7nxzyoun6zhxrhs64oiz"));
+        assert!(is_did("did:web:localhost%3A8080"));
+        assert!(!is_did("did:plc:"));
+        assert!(!is_did("did:PLC:abc"));
+        assert!(!is_did("did:plc:a b"));
+        assert!(is_hostname("_spf.relay.atmos.email"));
+        assert!(!is_hostname("localhost"));
+        assert!(!is_hostname("-a.example"));
+    }
+}

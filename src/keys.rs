@@ -1,0 +1,304 @@
+//! The labeler's secp256k1 signing key: creating and loading the key file, deriving the
+//! `did:key`, and checking signatures made by any atproto k256 key.
+//!
+//! Only this module sees key bytes. The key file holds the 32-byte secret as hex (the Go seed's
+//! format, and Ozone's `signingKeyHex`), created with mode 0600 and never overwritten. `Debug`
+//! shows the public `did:key` only, so a key can never end up in a log line or an error.
+//!
+//! Encodings follow `spec:/specs/cryptography` "Public Key Encoding": the compressed SEC1 point
+//! (33 bytes) behind the `secp256k1-pub` multicodec varint `0xe7 0x01`, base58btc multibase
+//! (`z…`); the `did:key:` form prefixes that. Signatures are 64-byte compact `r‖s`, low-S,
+//! over SHA-256 of the message with an RFC 6979 deterministic nonce.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use k256::ecdsa::signature::{Signer, Verifier};
+use k256::ecdsa::{Signature, SigningKey as K256Key, VerifyingKey};
+use k256::elliptic_curve::Generate;
+use zeroize::Zeroizing;
+
+/// Multicodec varint for `secp256k1-pub` (0xe7), the prefix of every k256 Multikey.
+const SECP256K1_PUB_MULTICODEC: [u8; 2] = [0xe7, 0x01];
+
+/// Prefix of a `did:key` DID.
+pub const DID_KEY_PREFIX: &str = "did:key:";
+
+/// Errors from loading, creating or using keys. None of them carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The key file could not be read.
+    #[error("cannot read signing key {path}: {source}")]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The key file exists but does not hold a 32-byte hex secp256k1 secret.
+    #[error("signing key {path} is not a hex-encoded 32-byte secp256k1 private key")]
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The key file could not be created.
+    #[error("cannot create signing key {path}: {source}")]
+    Create {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The system random number generator failed.
+    #[error("cannot generate a signing key: the system random number generator failed")]
+    Random,
+    /// A public key string is not a secp256k1 Multikey / did:key.
+    #[error("not a secp256k1 did:key or Multikey: {0}")]
+    BadPublicKey(String),
+    /// A signature did not verify (bad length, high-S, or wrong key or message).
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// The labeler's signing key.
+///
+/// Holds the secret (zeroized on drop by `k256`) and the derived `did:key`, computed once.
+#[derive(Clone)]
+pub struct SigningKey {
+    inner: K256Key,
+    did_key: String,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Deliberately never the secret: only the public identity.
+        f.debug_struct("SigningKey").field("did_key", &self.did_key).finish()
+    }
+}
+
+impl SigningKey {
+    /// Builds a key from a 32-byte secret in hex (surrounding whitespace allowed).
+    ///
+    /// Returns `None` for anything else; callers add the context (which file) themselves so
+    /// that no part of the input ever reaches an error message.
+    pub fn from_hex(hex: &str) -> Option<SigningKey> {
+        let hex = hex.trim();
+        let secret = Zeroizing::new(
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(hex.as_bytes())
+                .ok()?,
+        );
+        if secret.len() != 32 {
+            return None;
+        }
+        let inner = K256Key::from_slice(&secret).ok()?;
+        Some(SigningKey::from_inner(inner))
+    }
+
+    fn from_inner(inner: K256Key) -> SigningKey {
+        let did_key = format!("{DID_KEY_PREFIX}{}", multikey(inner.verifying_key()));
+        SigningKey { inner, did_key }
+    }
+
+    /// Generates a fresh random key.
+    pub fn generate() -> Result<SigningKey, Error> {
+        let inner = K256Key::try_generate().map_err(|_| Error::Random)?;
+        Ok(SigningKey::from_inner(inner))
+    }
+
+    /// Loads the key file at `path`.
+    pub fn load(path: &Path) -> Result<SigningKey, Error> {
+        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?);
+        warn_if_readable_by_others(path);
+        SigningKey::from_hex(&text).ok_or_else(|| Error::Malformed {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Loads the key at `path`, or creates it (mode 0600, parent directories 0700) when the
+    /// file does not exist. Never overwrites. Returns the key and whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(SigningKey, bool), Error> {
+        match fs::symlink_metadata(path) {
+            Ok(_) => return SigningKey::load(path).map(|k| (k, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        let key = SigningKey::generate()?;
+        let create_err = |source| Error::Create {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(create_err)?;
+        }
+        // `create_new` makes a concurrent init (or a file that appeared meanwhile) an error
+        // instead of a silent overwrite; the mode applies from the first byte written.
+        let mut file = open_new_private(path).map_err(create_err)?;
+        let hex = Zeroizing::new(format!(
+            "{}\n",
+            data_encoding::HEXLOWER.encode(&key.inner.to_bytes())
+        ));
+        file.write_all(hex.as_bytes()).map_err(create_err)?;
+        file.sync_all().map_err(create_err)?;
+        Ok((key, true))
+    }
+
+    /// The labeler's `did:key` (`did:key:zQ3s…`).
+    pub fn did_key(&self) -> &str {
+        &self.did_key
+    }
+
+    /// The Multikey string (`zQ3s…`) for a DID document's `publicKeyMultibase`.
+    pub fn multikey(&self) -> &str {
+        &self.did_key[DID_KEY_PREFIX.len()..]
+    }
+
+    /// Signs `message` (SHA-256 inside, RFC 6979 nonce, low-S) and returns compact `r‖s`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let sig: Signature = self.inner.sign(message);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&sig.to_bytes());
+        out
+    }
+}
+
+/// The Multikey (`z…`) of a verifying key.
+fn multikey(key: &VerifyingKey) -> String {
+    let point = key.to_sec1_point(true);
+    let mut bytes = Vec::with_capacity(35);
+    bytes.extend_from_slice(&SECP256K1_PUB_MULTICODEC);
+    bytes.extend_from_slice(point.as_bytes());
+    multibase::encode(multibase::Base::Base58Btc, bytes)
+}
+
+/// A public key that can check label signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    inner: VerifyingKey,
+}
+
+impl PublicKey {
+    /// Parses a `did:key:z…` or a bare Multikey `z…` for secp256k1.
+    pub fn parse(s: &str) -> Result<PublicKey, Error> {
+        let bad = || Error::BadPublicKey(s.chars().take(80).collect());
+        let mb = s.strip_prefix(DID_KEY_PREFIX).unwrap_or(s);
+        if !mb.starts_with('z') {
+            return Err(bad());
+        }
+        let (_, bytes) = multibase::decode(mb).map_err(|_| bad())?;
+        let point = bytes
+            .strip_prefix(&SECP256K1_PUB_MULTICODEC[..])
+            .filter(|p| p.len() == 33)
+            .ok_or_else(bad)?;
+        let inner = VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+        Ok(PublicKey { inner })
+    }
+
+    /// Checks a compact 64-byte signature over `message`. High-S signatures are rejected,
+    /// as `spec:/specs/cryptography` requires.
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), Error> {
+        let sig = Signature::from_slice(sig).map_err(|_| Error::BadSignature)?;
+        self.inner
+            .verify(message, &sig)
+            .map_err(|_| Error::BadSignature)
+    }
+
+    /// The `did:key` form.
+    pub fn did_key(&self) -> String {
+        format!("{DID_KEY_PREFIX}{}", multikey(&self.inner))
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 where it does not exist yet.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Opens a new file that only its owner can read or write; fails if it exists.
+pub(crate) fn open_new_private(path: &Path) -> std::io::Result<fs::File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
+/// Logs a warning when the key file is readable by group or others (ssh-style hygiene).
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "signing key file is readable by other users; chmod 600 it"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "9085d2bef69286a6cbb51623c8fa258629945cd55ca705cc4e66700396894e0c";
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = SigningKey::from_hex(HEX).unwrap();
+        let dbg = format!("{key:?}");
+        assert!(!dbg.contains(HEX) && !dbg.contains(&HEX[..16]), "{dbg}");
+        assert!(dbg.contains("did:key:zQ3s"), "{dbg}");
+    }
+
+    #[test]
+    fn rejects_wrong_lengths_and_non_hex() {
+        assert!(SigningKey::from_hex(&HEX[..62]).is_none());
+        assert!(SigningKey::from_hex(&format!("{HEX}00")).is_none());
+        assert!(SigningKey::from_hex("zz").is_none());
+        assert!(SigningKey::from_hex(&"0".repeat(64)).is_none(), "zero is not a valid secret");
+        assert!(SigningKey::from_hex(&format!("  {HEX}\n")).is_some());
+    }
+
+    #[test]
+    fn signatures_round_trip_and_did_key_parses_back() {
+        let key = SigningKey::generate().unwrap();
+        let public = PublicKey::parse(key.did_key()).unwrap();
+        assert_eq!(public.did_key(), key.did_key());
+        let sig = key.sign(b"hello");
+        public.verify(b"hello", &sig).unwrap();
+        assert!(public.verify(b"hellO", &sig).is_err());
+    }
+
+    #[test]
+    fn public_key_parse_rejects_other_codecs() {
+        // A p256 Multikey (zDn…) is a valid atproto key but not one we sign with.
+        assert!(PublicKey::parse("zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").is_err());
+        assert!(PublicKey::parse("did:key:").is_err());
+        assert!(PublicKey::parse("not a key").is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! atproto labels: the label object, its signing bytes, signing and verification, and its
+//! JSON form.
+//!
+//! Implements `spec:/specs/label` ("Schema and Data Model", "Signatures"):
+//! - the signed object is exactly `ver, src, uri, cid?, val, neg?, cts, exp?` — `ver` always
+//!   present, absent optional fields omitted (never `null`), `neg` only when `true`, no `$type`;
+//! - it is encoded as DAG-CBOR (keys in canonical order `cid, cts, exp, neg, sig, src, uri, val,
+//!   ver`), hashed with SHA-256 and signed with the labeler's `#atproto_label` key;
+//! - JSON carries `sig` as `{"$bytes": "<standard base64, no padding>"}`
+//!   (`spec:/specs/data-model` "bytes"; indigo decodes only the unpadded form).
+//!
+//! `cts` and `exp` are kept as the exact strings that were signed: re-formatting a parsed
+//! timestamp would change the signed bytes.
+
+use std::time::{Duration, SystemTime};
+
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::cbor;
+use crate::keys::{self, PublicKey, SigningKey};
+
+/// The label format version, `ver` (`spec:/specs/label`: "currently always 1").
+pub const LABEL_VERSION: i64 = 1;
+
+/// Granted on an operator's DID while at least one of its attestations verifies.
+pub const VERIFIED_MAIL_OPERATOR: &str = "verified-mail-operator";
+
+/// Granted on an operator's DID while a verified attestation's SPF authorises the
+/// cooperative relay (`relaySpfInclude`).
+pub const RELAY_MEMBER: &str = "relay-member";
+
+/// Longest label value in bytes (`spec:/specs/label`, lexicon `maxLength: 128`).
+pub const MAX_VALUE_BYTES: usize = 128;
+
+/// Errors about label content.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A label value outside the recommended syntax.
+    #[error(
+        "label value {0:?} is not allowed: use lowercase ASCII letters and '-', not starting or \
+         ending with '-', at most 128 bytes"
+    )]
+    BadValue(String),
+    /// A timestamp that is not an atproto datetime.
+    #[error("{0:?} is not an RFC 3339 datetime with a timezone (e.g. 2026-12-01T00:00:00.000Z)")]
+    BadDatetime(String),
+    /// A subject that is neither a DID nor an `at://` URI.
+    #[error("label subject {0:?} must be a DID (did:…) or an at:// URI")]
+    BadUri(String),
+    /// The signature does not match.
+    #[error(transparent)]
+    Signature(#[from] keys::Error),
+}
+
+/// An unsigned label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Label {
+    /// DID of the labeler that signs it.
+    pub src: String,
+    /// Subject: a bare DID (account label) or an `at://` URI (record label).
+    pub uri: String,
+    /// Optional CID pinning one version of a record.
+    pub cid: Option<String>,
+    /// The label value.
+    pub val: String,
+    /// `true` for a negation (retraction) of an earlier label with the same src/uri/cid/val.
+    pub neg: bool,
+    /// Creation time, exactly as signed.
+    pub cts: String,
+    /// Optional expiry, exactly as signed.
+    pub exp: Option<String>,
+}
+
+/// A label and its 64-byte signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedLabel {
+    /// The signed fields.
+    pub label: Label,
+    /// Compact `r‖s` secp256k1 signature over [`Label::signing_bytes`].
+    pub sig: [u8; 64],
+}
+
+/// A borrowed view of a label's fields, so rows read from SQLite can be encoded without
+/// copying them into owned strings first (the backfill hot path).
+#[derive(Clone, Copy, Debug)]
+pub struct LabelRef<'a> {
+    /// See [`Label::src`].
+    pub src: &'a str,
+    /// See [`Label::uri`].
+    pub uri: &'a str,
+    /// See [`Label::cid`].
+    pub cid: Option<&'a str>,
+    /// See [`Label::val`].
+    pub val: &'a str,
+    /// See [`Label::neg`].
+    pub neg: bool,
+    /// See [`Label::cts`].
+    pub cts: &'a str,
+    /// See [`Label::exp`].
+    pub exp: Option<&'a str>,
+}
+
+impl LabelRef<'_> {
+    /// Appends the DAG-CBOR map of this label to `out`, with `sig` when given.
+    ///
+    /// Keys are all three bytes long, so canonical (length-first) order is plain
+    /// lexicographic order: `cid, cts, exp, neg, sig, src, uri, val, ver`.
+    pub fn encode_cbor(&self, sig: Option<&[u8]>, out: &mut Vec<u8>) {
+        let n = 5
+            + usize::from(self.cid.is_some())
+            + usize::from(self.exp.is_some())
+            + usize::from(self.neg)
+            + usize::from(sig.is_some());
+        cbor::map(out, n);
+        if let Some(cid) = self.cid {
+            cbor::text(out, "cid");
+            cbor::text(out, cid);
+        }
+        cbor::text(out, "cts");
+        cbor::text(out, self.cts);
+        if let Some(exp) = self.exp {
+            cbor::text(out, "exp");
+            cbor::text(out, exp);
+        }
+        if self.neg {
+            cbor::text(out, "neg");
+            cbor::boolean(out, true);
+        }
+        if let Some(sig) = sig {
+            cbor::text(out, "sig");
+            cbor::bytes(out, sig);
+        }
+        cbor::text(out, "src");
+        cbor::text(out, self.src);
+        cbor::text(out, "uri");
+        cbor::text(out, self.uri);
+        cbor::text(out, "val");
+        cbor::text(out, self.val);
+        cbor::text(out, "ver");
+        cbor::int(out, LABEL_VERSION);
+    }
+}
+
+impl Label {
+    /// A borrowed view of this label.
+    pub fn as_ref(&self) -> LabelRef<'_> {
+        LabelRef {
+            src: &self.src,
+            uri: &self.uri,
+            cid: self.cid.as_deref(),
+            val: &self.val,
+            neg: self.neg,
+            cts: &self.cts,
+            exp: self.exp.as_deref(),
+        }
+    }
+
+    /// The DAG-CBOR bytes that are hashed and signed (the label without `sig`).
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        self.as_ref().encode_cbor(None, &mut out);
+        out
+    }
+
+    /// Signs the label with the labeler's key.
+    pub fn sign(self, key: &SigningKey) -> SignedLabel {
+        let sig = key.sign(&self.signing_bytes());
+        SignedLabel { label: self, sig }
+    }
+}
+
+impl SignedLabel {
+    /// Checks the signature against `key` (the `src` DID's `#atproto_label` key).
+    pub fn verify(&self, key: &PublicKey) -> Result<(), Error> {
+        Ok(key.verify(&self.label.signing_bytes(), &self.sig)?)
+    }
+
+    /// The DAG-CBOR encoding of the label with its `sig`, as it appears in stream frames.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(240);
+        self.label.as_ref().encode_cbor(Some(&self.sig), &mut out);
+        out
+    }
+}
+
+/// The JSON form served by `com.atproto.label.queryLabels` (lexicon `#label`): fields in the
+/// reference order `ver, src, uri, cid?, val, neg?, cts, exp?, sig`.
+impl serde::Serialize for SignedLabel {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_json(&self.label.as_ref(), &self.sig, serializer)
+    }
+}
+
+/// Writes one label as JSON through `serializer` (shared by owned and borrowed labels).
+pub fn serialize_json<S: Serializer>(
+    l: &LabelRef<'_>,
+    sig: &[u8],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut m = serializer.serialize_map(None)?;
+    m.serialize_entry("ver", &LABEL_VERSION)?;
+    m.serialize_entry("src", l.src)?;
+    m.serialize_entry("uri", l.uri)?;
+    if let Some(cid) = l.cid {
+        m.serialize_entry("cid", cid)?;
+    }
+    m.serialize_entry("val", l.val)?;
+    if l.neg {
+        m.serialize_entry("neg", &true)?;
+    }
+    m.serialize_entry("cts", l.cts)?;
+    if let Some(exp) = l.exp {
+        m.serialize_entry("exp", exp)?;
+    }
+    m.serialize_entry("sig", &JsonBytes(sig))?;
+    m.end()
+}
+
+/// `{"$bytes": "<base64>"}`: the atproto JSON encoding of bytes.
+struct JsonBytes<'a>(&'a [u8]);
+
+impl serde::Serialize for JsonBytes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut m = serializer.serialize_map(Some(1))?;
+        m.serialize_entry("$bytes", &data_encoding::BASE64_NOPAD.encode(self.0))?;
+        m.end()
+    }
+}
+
+/// Checks a label value against the recommended syntax (`spec:/specs/label` "Recommended
+/// String Syntax"): lowercase ASCII letters and `-`, `-` neither first nor last, ≤ 128 bytes.
+pub fn validate_value(val: &str) -> Result<(), Error> {
+    let ok = !val.is_empty()
+        && val.len() <= MAX_VALUE_BYTES
+        && val.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        && !val.starts_with('-')
+        && !val.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadValue(val.chars().take(140).collect()))
+    }
+}
+
+/// Checks a label subject: a DID or an `at://` URI, printable ASCII with no whitespace.
+pub fn validate_uri(uri: &str) -> Result<(), Error> {
+    let ok = (uri.starts_with("did:") || uri.starts_with("at://did:"))
+        && uri.len() <= 8192
+        && uri.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadUri(uri.chars().take(200).collect()))
+    }
+}
+
+/// Formats a time the way Ozone and `@atproto` do (`Date.toISOString()`):
+/// `YYYY-MM-DDTHH:MM:SS.sssZ`, the form `spec:/specs/lexicon` "datetime" recommends.
+pub fn format_datetime(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The current time as a label `cts`.
+pub fn now_cts() -> String {
+    format_datetime(SystemTime::now())
+}
+
+/// Parses an expiry given by an operator: an RFC 3339 datetime (kept verbatim, since it is
+/// what gets signed) or a duration from now such as `30d` (formatted like `cts`).
+pub fn parse_expiry(s: &str) -> Result<String, Error> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(format_datetime(SystemTime::now() + d));
+    }
+    if is_datetime(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(Error::BadDatetime(s.chars().take(64).collect()))
+    }
+}
+
+/// True for an RFC 3339 datetime with whole seconds, an uppercase `T` and a `Z` or numeric
+/// offset other than `-00:00` (`spec:/specs/lexicon` "datetime").
+pub fn is_datetime(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+    };
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || b[10] != b'T'
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    let tz = &s[i..];
+    let offset_ok = tz.len() == 6
+        && (tz.starts_with('+') || tz.starts_with('-'))
+        && digits(i + 1..i + 3)
+        && b[i + 3] == b':'
+        && digits(i + 4..i + 6)
+        && tz != "-00:00";
+    // humantime validates the calendar (month 13, day 31 of February) for the Z form.
+    (tz == "Z" && humantime::parse_rfc3339(s).is_ok()) || offset_ok
+}
+
+/// `now + d` formatted as a datetime; used for label expiries computed from a duration.
+pub fn datetime_after(d: Duration) -> String {
+    format_datetime(SystemTime::now() + d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Label {
+        Label {
+            src: "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme".into(),
+            uri: "at://did:plc:abc/email.atmos.attestation/3kx".into(),
+            cid: Some("bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm".into()),
+            val: "verified-mail-operator".into(),
+            neg: true,
+            cts: "2026-11-20T10:00:00.000Z".into(),
+            exp: Some("2026-12-20T10:00:00.000Z".into()),
+        }
+    }
+
+    /// serde_ipld_dagcbor sorts keys itself, so it is an independent check of our order.
+    #[derive(serde::Serialize)]
+    struct Reference<'a> {
+        ver: i64,
+        src: &'a str,
+        uri: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+        val: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        neg: bool,
+        cts: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exp: Option<&'a str>,
+        #[serde(with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        sig: Option<&'a [u8]>,
+    }
+
+    fn reference(l: &Label, sig: Option<&[u8]>) -> Vec<u8> {
+        serde_ipld_dagcbor::to_vec(&Reference {
+            ver: 1,
+            src: &l.src,
+            uri: &l.uri,
+            cid: l.cid.as_deref(),
+            val: &l.val,
+            neg: l.neg,
+            cts: &l.cts,
+            exp: l.exp.as_deref(),
+            sig,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_optional_field_combination_matches_the_reference_encoder() {
+        for mask in 0..16u8 {
+            let mut l = sample();
+            if mask & 1 == 0 {
+                l.cid = None;
+            }
+            if mask & 2 == 0 {
+                l.exp = None;
+            }
+            l.neg = mask & 4 != 0;
+            let sig = [9u8; 64];
+            let with_sig = mask & 8 != 0;
+            let mut ours = Vec::new();
+            l.as_ref()
+                .encode_cbor(with_sig.then_some(&sig[..]), &mut ours);
+            assert_eq!(ours, reference(&l, with_sig.then_some(&sig[..])), "mask {mask}");
+        }
+    }
+
+    #[test]
+    fn value_syntax() {
+        for ok in ["spam", "verified-mail-operator", "a", &"a".repeat(128)] {
+            validate_value(ok).unwrap();
+        }
+        for bad in ["", "Spam", "-spam", "spam-", "sp am", "spam!", "!hide", "ß", &"a".repeat(129)]
+        {
+            assert!(validate_value(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn datetime_syntax() {
+        for ok in [
+            "2026-12-01T00:00:00Z",
+            "2026-12-01T00:00:00.000Z",
+            "2026-12-01T00:00:00.123456+02:00",
+        ] {
+            assert!(is_datetime(ok), "{ok}");
+        }
+        for bad in [
+            "2026-12-01 00:00:00Z",
+            "2026-12-01T00:00Z",
+            "2026-12-01T00:00:00z",
+            "2026-12-01T00:00:00",
+            "2026-12-01T00:00:00-00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-12-01T00:00:00.Z",
+        ] {
+            assert!(!is_datetime(bad), "{bad}");
+        }
+        let cts = now_cts();
+        assert!(is_datetime(&cts) && cts.ends_with('Z') && cts.len() == 24, "{cts}");
+        assert!(is_datetime(&parse_expiry("30d").unwrap()));
+        assert!(parse_expiry("tomorrow").is_err());
+    }
+
+    #[test]
+    fn a_tampered_label_or_signature_fails_verification() {
+        let key = SigningKey::generate().unwrap();
+        let public = PublicKey::parse(key.did_key()).unwrap();
+        let signed = sample().sign(&key);
+        signed.verify(&public).unwrap();
+
+        let mut tampered = signed.clone();
+        tampered.label.val = "verified-mail-operatox".into();
+        assert!(tampered.verify(&public).is_err());
+
+        let mut flipped = signed.clone();
+        flipped.sig[10] ^= 1;
+        assert!(flipped.verify(&public).is_err());
+
+        let other = SigningKey::generate().unwrap();
+        assert!(signed
+            .verify(&PublicKey::parse(other.did_key()).unwrap())
+            .is_err());
+    }
+}

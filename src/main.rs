@@ -1,0 +1,2 @@
+//! The `labeler` binary. Not yet wired.
+fn main() {}

@@ -1,0 +1,338 @@
+//! Labels: writing signed labels (replacing the current row per key), reading them back by
+//! seq or by subject, and encoding stream frames straight from rows.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{Error, Store};
+use crate::frame;
+use crate::label::{Label, LabelRef, SignedLabel};
+
+/// Columns in the order [`from_row`] reads them.
+const COLUMNS: &str = "seq, src, uri, cid, val, neg, cts, exp, sig";
+
+/// A label as stored: its seq and the signed label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLabel {
+    /// Position in the label stream; strictly increasing, never reused.
+    pub seq: i64,
+    /// The label.
+    pub signed: SignedLabel,
+}
+
+/// One `uriPatterns` entry of `com.atproto.label.queryLabels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UriPattern {
+    /// Exactly this subject.
+    Exact(String),
+    /// Every subject that starts with this string (the pattern without its trailing `*`).
+    Prefix(String),
+}
+
+/// A queryLabels request, already validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelQuery {
+    /// Patterns, OR-ed. Must not be empty; `Prefix("")` matches every label.
+    pub patterns: Vec<UriPattern>,
+    /// Labeler DIDs to restrict to; empty means all.
+    pub sources: Vec<String>,
+    /// Only labels with `seq > after`.
+    pub after: i64,
+    /// At most this many labels.
+    pub limit: usize,
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredLabel> {
+    let cid: String = r.get(3)?;
+    let sig_bytes: Vec<u8> = r.get(8)?;
+    let sig: [u8; 64] = sig_bytes.as_slice().try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Blob,
+            "signature is not 64 bytes".into(),
+        )
+    })?;
+    Ok(StoredLabel {
+        seq: r.get(0)?,
+        signed: SignedLabel {
+            label: Label {
+                src: r.get(1)?,
+                uri: r.get(2)?,
+                cid: (!cid.is_empty()).then_some(cid),
+                val: r.get(4)?,
+                neg: r.get(5)?,
+                cts: r.get(6)?,
+                exp: r.get(7)?,
+            },
+            sig,
+        },
+    })
+}
+
+/// Writes one label inside `tx`: replaces the current row for its (src, uri, cid, val) with a
+/// new seq and appends it to the history. Returns the new seq.
+pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Error> {
+    let x = &l.label;
+    let cid = x.cid.as_deref().unwrap_or("");
+    tx.prepare_cached("DELETE FROM labels WHERE src = ?1 AND uri = ?2 AND cid = ?3 AND val = ?4")?
+        .execute(params![x.src, x.uri, cid, x.val])?;
+    tx.prepare_cached(
+        "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "INSERT INTO label_history (seq, src, uri, cid, val, neg, cts, exp, sig)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![seq, x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    Ok(seq)
+}
+
+/// Current labels from `src` on `uri`, inside a transaction.
+pub(super) fn current_for(
+    conn: &Connection,
+    src: &str,
+    uri: &str,
+) -> Result<Vec<StoredLabel>, Error> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM labels WHERE uri = ?1 AND src = ?2 ORDER BY seq"
+    ))?;
+    let rows = stmt
+        .query_map(params![uri, src], from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+impl Store {
+    /// Writes labels in one transaction (replacing current rows) and returns them with their
+    /// seqs. Used for manual labels; the manager writes through [`Store::update_did`].
+    pub fn write_labels(&self, labels: &[SignedLabel]) -> Result<Vec<StoredLabel>, Error> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(labels.len());
+        for l in labels {
+            let seq = put_label(&tx, l)?;
+            out.push(StoredLabel {
+                seq,
+                signed: l.clone(),
+            });
+        }
+        tx.commit()?;
+        drop(conn);
+        if !out.is_empty() {
+            self.notify_commit();
+        }
+        Ok(out)
+    }
+
+    /// The highest seq ever assigned (0 when no label was ever written). Counts replaced rows
+    /// too, via `sqlite_sequence`, so a cursor equal to a replaced label's seq is not "future".
+    pub fn head_seq(&self) -> Result<i64, Error> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'labels'")?
+                .query_row([], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0))
+        })
+    }
+
+    /// Up to `limit` current labels with `seq > after`, in seq order.
+    pub fn labels_after(&self, after: i64, limit: usize) -> Result<Vec<StoredLabel>, Error> {
+        self.read(|c| labels_after(c, after, limit))
+    }
+
+    /// Current labels from `src` on `uri`, in seq order.
+    pub fn current_labels(&self, src: &str, uri: &str) -> Result<Vec<StoredLabel>, Error> {
+        self.read(|c| current_for(c, src, uri))
+    }
+
+    /// Runs a queryLabels request: current rows (negations included) in seq order.
+    ///
+    /// Exact patterns use the `uri` index; prefixes a range scan on it (`uri >= p AND uri <
+    /// succ(p)`), never `LIKE`, so `_`, `%` and letter case match exactly.
+    pub fn query_labels(&self, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
+        self.read(|c| query_labels(c, q))
+    }
+
+    /// Every label ever written (the append-only history), in commit order.
+    pub fn label_history(&self) -> Result<Vec<StoredLabel>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM label_history ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+}
+
+/// Up to `limit` current labels with `seq > after` on connection `c`.
+pub(crate) fn labels_after(
+    c: &Connection,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<StoredLabel>, Error> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![after, limit as i64], from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Appends one `#labels` frame per label with `seq > after` (at most `limit`) to `out`,
+/// encoding straight from SQLite's borrowed column values, and records `(seq, end offset)`
+/// of each frame in `ends`. Returns the number of frames written.
+///
+/// This is the backfill hot path: no owned strings, one buffer per page.
+pub fn encode_frames_after(
+    c: &Connection,
+    after: i64,
+    limit: usize,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<(i64, usize)>,
+) -> Result<usize, Error> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![after, limit as i64])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let text = |i: usize| -> Result<&str, Error> {
+            r.get_ref(i)?.as_str().map_err(|e| Error::Corrupt {
+                table: "labels",
+                message: format!("seq {seq} column {i}: {e}"),
+            })
+        };
+        let cid = text(3)?;
+        let exp = r.get_ref(7)?.as_str_or_null().map_err(|e| Error::Corrupt {
+            table: "labels",
+            message: format!("seq {seq} exp: {e}"),
+        })?;
+        let neg: bool = r.get(5)?;
+        let sig = r.get_ref(8)?.as_blob().map_err(|e| Error::Corrupt {
+            table: "labels",
+            message: format!("seq {seq} sig: {e}"),
+        })?;
+        let label = LabelRef {
+            src: text(1)?,
+            uri: text(2)?,
+            cid: (!cid.is_empty()).then_some(cid),
+            val: text(4)?,
+            neg,
+            cts: text(6)?,
+            exp,
+        };
+        frame::write_label_frame(out, seq, &label, sig);
+        ends.push((seq, out.len()));
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The smallest string greater than every string that starts with `p`, or `None` when no
+/// such bound exists (empty prefix). UTF-8 byte order equals code point order, and no
+/// encoding is a prefix of another, so bumping the last code point gives the bound.
+pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
+    let mut chars: Vec<char> = p.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = u32::from(last) + 1;
+        if (0xD800..=0xDFFF).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
+    // The common case, a relay asking about one DID, gets a fixed, cached statement.
+    if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(params![uri, q.after, q.limit as i64], from_row)?
+            .collect::<Result<_, _>>()?;
+        return Ok(rows);
+    }
+
+    let mut conds = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut match_all = false;
+    for p in &q.patterns {
+        match p {
+            UriPattern::Exact(u) => {
+                args.push(u.clone().into());
+                conds.push(format!("uri = ?{}", args.len()));
+            }
+            UriPattern::Prefix(p) => match prefix_upper_bound(p) {
+                None => match_all = true,
+                Some(hi) => {
+                    args.push(p.clone().into());
+                    args.push(hi.into());
+                    conds.push(format!(
+                        "(uri >= ?{} AND uri < ?{})",
+                        args.len() - 1,
+                        args.len()
+                    ));
+                }
+            },
+        }
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM labels WHERE seq > ?{}", args.len() + 1);
+    args.push(q.after.into());
+    if !match_all {
+        sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
+    }
+    if !q.sources.is_empty() {
+        let mut marks = Vec::new();
+        for s in &q.sources {
+            args.push(s.clone().into());
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND src IN ({})", marks.join(", ")));
+    }
+    args.push((q.limit as i64).into());
+    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Watches the database for commits made by any connection, including other processes
+/// (the `label` CLI), through `PRAGMA data_version`.
+#[derive(Debug)]
+pub struct Watcher {
+    conn: Connection,
+    last: i64,
+}
+
+impl Watcher {
+    /// Opens a watcher on `store`'s file.
+    pub fn new(store: &Store) -> Result<Watcher, Error> {
+        let conn = store.open_reader()?;
+        let last = data_version(&conn)?;
+        Ok(Watcher { conn, last })
+    }
+
+    /// True when another connection committed since the last call.
+    pub fn changed(&mut self) -> Result<bool, Error> {
+        let v = data_version(&self.conn)?;
+        let changed = v != self.last;
+        self.last = v;
+        Ok(changed)
+    }
+}
+
+fn data_version(c: &Connection) -> Result<i64, Error> {
+    Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}

@@ -1,0 +1,226 @@
+//! Persistent state in one SQLite file: signed labels, the label history, attestations with
+//! their latest verification report, record revisions, account status and the Jetstream cursor.
+//!
+//! This is the only module that writes SQL. Its API speaks in domain terms (labels,
+//! attestations, a DID's state) and every group of writes that belongs together is one
+//! transaction. The database runs in WAL mode, so readers never block the writer and a killed
+//! process loses nothing that was committed (`synchronous = NORMAL` is durable against process
+//! crashes; only an OS crash can lose the last transactions).
+//!
+//! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), and a
+//! small pool of read connections. Read connections enable SQLite's query planner stability
+//! guarantee (QPSG): without it rusqlite's statement cache re-prepares every statement whose
+//! plan looked at a bound value, which halves lookup throughput (`performance.md`).
+//!
+//! Methods are synchronous; async callers go through [`Store::call`], which runs them on the
+//! blocking pool so the runtime's workers never wait on disk or locks.
+
+mod attestations;
+mod labels;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::watch;
+
+pub use attestations::{
+    Account, Attestation, Changes, Committed, DidState, RecordRev, Verdict,
+};
+pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher, encode_frames_after};
+
+/// How long a connection waits for another writer (e.g. the `label` CLI) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle read connections kept for reuse; more are opened on demand and closed after use.
+const MAX_IDLE_READERS: usize = 8;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database could not be opened.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer version of the labeler.
+    #[error(
+        "database schema version {found} is newer than this labeler supports ({supported}); \
+         upgrade the labeler"
+    )]
+    TooNew {
+        /// Version found in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A stored value could not be decoded (a corrupted or hand-edited row).
+    #[error("corrupt row in {table}: {message}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Handle to the database. Cheap to clone; all clones share the connections.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Bumped after every commit that wrote labels; the live feed watches it.
+    commits: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let mut writer = open_conn(path, false)?;
+        schema::migrate(&mut writer)?;
+        let (commits, _) = watch::channel(0);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                commits,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the blocking pool. Use from async code for every store call.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// A receiver that changes after every commit of this process that wrote labels.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.inner.commits.subscribe()
+    }
+
+    fn notify_commit(&self) {
+        self.inner.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Locks the writer. A poisoned lock only means another thread panicked mid-call; SQLite
+    /// rolled its transaction back when the `Transaction` dropped, so the connection is sound.
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` with a pooled read connection.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_conn(&self.inner.path, true)?,
+        };
+        let out = f(&conn);
+        let mut idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Opens a dedicated read connection (for long backfills or change watching).
+    pub fn open_reader(&self) -> Result<Connection, Error> {
+        open_conn(&self.inner.path, true)
+    }
+
+    /// Cheap liveness probe for `/xrpc/_health`.
+    pub fn ping(&self) -> Result<(), Error> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .map(drop)
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"` or SQLite's list of problems.
+    pub fn integrity_check(&self) -> Result<String, Error> {
+        let conn = self.writer();
+        let rows: Vec<String> = conn
+            .prepare("PRAGMA integrity_check")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows.join("; "))
+    }
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn open_conn(path: &Path, reader: bool) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let open_err = |source| Error::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    if reader {
+        // Readers never write; QPSG keeps cached statements from re-preparing (see module docs).
+        conn.pragma_update(None, "query_only", true)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
+    } else {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests;

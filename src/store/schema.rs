@@ -1,0 +1,117 @@
+//! Schema and migrations, versioned by SQLite's `user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1` and runs in the
+//! same transaction as the `user_version` bump, so a crash mid-migration leaves the previous
+//! version intact. Never edit a released migration; append a new one.
+
+use rusqlite::Connection;
+
+use super::Error;
+
+/// Migrations in order; `MIGRATIONS[i]` upgrades version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: the initial schema.
+    r#"
+    -- Current labels: one row per (src, uri, cid, val), cid '' when absent (SQLite treats
+    -- NULLs as distinct in UNIQUE). Replacing a label deletes the old row and inserts a new one,
+    -- so it gets a new seq and the old event leaves the backfill: the Ozone model
+    -- (labels-protocol.md §6). AUTOINCREMENT guarantees a seq is never reused, even after the
+    -- highest row is replaced.
+    CREATE TABLE labels (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        src TEXT NOT NULL,
+        uri TEXT NOT NULL,
+        cid TEXT NOT NULL DEFAULT '',
+        val TEXT NOT NULL,
+        neg INTEGER NOT NULL DEFAULT 0 CHECK (neg IN (0, 1)),
+        cts TEXT NOT NULL,
+        exp TEXT,
+        sig BLOB NOT NULL CHECK (length(sig) = 64)
+    );
+    CREATE UNIQUE INDEX labels_key ON labels (src, uri, cid, val);
+    -- (uri) entries are ordered by (uri, rowid): exact lookups are `uri = ? AND seq > ?`.
+    CREATE INDEX labels_uri ON labels (uri);
+
+    -- Every label ever signed, in commit order; never updated or deleted.
+    CREATE TABLE label_history (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        src TEXT NOT NULL,
+        uri TEXT NOT NULL,
+        cid TEXT NOT NULL,
+        val TEXT NOT NULL,
+        neg INTEGER NOT NULL,
+        cts TEXT NOT NULL,
+        exp TEXT,
+        sig BLOB NOT NULL
+    );
+
+    -- One row per attestation record (did, rkey) with its latest verification.
+    CREATE TABLE attestations (
+        did TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        record_cid TEXT,
+        rev TEXT,
+        created_at TEXT,
+        first_seen_ms INTEGER NOT NULL,
+        verdict TEXT NOT NULL,
+        standing INTEGER NOT NULL,
+        relay_member INTEGER NOT NULL,
+        report TEXT,
+        checked_ms INTEGER,
+        last_definitive_ms INTEGER,
+        consecutive_failures INTEGER NOT NULL,
+        consecutive_undecided INTEGER NOT NULL,
+        next_check_ms INTEGER NOT NULL,
+        PRIMARY KEY (did, rkey)
+    ) WITHOUT ROWID;
+    CREATE INDEX attestations_due ON attestations (next_check_ms);
+
+    -- Latest applied repo revision per record, deletes included (tombstones), so replayed or
+    -- reordered Jetstream events older than what was applied are ignored (jetstream.md §10.2).
+    CREATE TABLE record_revs (
+        did TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        rev TEXT NOT NULL,
+        deleted INTEGER NOT NULL,
+        PRIMARY KEY (did, rkey)
+    ) WITHOUT ROWID;
+
+    -- Account status of DIDs we track, from Jetstream account events.
+    CREATE TABLE accounts (
+        did TEXT PRIMARY KEY,
+        active INTEGER NOT NULL,
+        status TEXT,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Small named values: the Jetstream cursor.
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`VERSION`]. Refuses a database written by a newer build.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(Error::TooNew {
+            found: current,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+use super::*;
+use crate::keys::SigningKey;
+use crate::label::{Label, SignedLabel};
+
+fn key() -> SigningKey {
+    SigningKey::from_hex("9085d2bef69286a6cbb51623c8fa258629945cd55ca705cc4e66700396894e0c")
+        .unwrap()
+}
+
+fn label(uri: &str, val: &str, neg: bool) -> SignedLabel {
+    Label {
+        src: key().did_key().to_owned(),
+        uri: uri.to_owned(),
+        cid: None,
+        val: val.to_owned(),
+        neg,
+        cts: crate::label::now_cts(),
+        exp: None,
+    }
+    .sign(&key())
+}
+
+fn attestation(did: &str, rkey: &str) -> Attestation {
+    Attestation {
+        did: did.into(),
+        rkey: rkey.into(),
+        domain: "example.com".into(),
+        selectors: vec!["default".into()],
+        record_cid: Some("bafy".into()),
+        rev: Some("3mvzi5tma3n2f".into()),
+        created_at: None,
+        first_seen_ms: 1,
+        verdict: Verdict::Pass,
+        standing: true,
+        relay_member: false,
+        report: Some("{}".into()),
+        checked_ms: Some(1),
+        last_definitive_ms: Some(1),
+        consecutive_failures: 0,
+        consecutive_undecided: 0,
+        next_check_ms: 100,
+    }
+}
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn replacement_gets_a_new_seq_and_leaves_one_current_row() {
+    let (_d, store) = temp_store();
+    let a = store.write_labels(&[label("did:plc:a", "spam", false)]).unwrap();
+    let b = store.write_labels(&[label("did:plc:b", "spam", false)]).unwrap();
+    let neg = store.write_labels(&[label("did:plc:a", "spam", true)]).unwrap();
+    assert!(a[0].seq < b[0].seq && b[0].seq < neg[0].seq);
+    let current = store.labels_after(0, 100).unwrap();
+    let seqs: Vec<i64> = current.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, vec![b[0].seq, neg[0].seq], "the replaced row is gone");
+    assert!(current[1].signed.label.neg);
+    assert_eq!(store.label_history().unwrap().len(), 3);
+    assert_eq!(store.head_seq().unwrap(), neg[0].seq);
+}
+
+#[test]
+fn seq_never_goes_back_across_reopen_even_when_the_top_row_was_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let mut last = 0;
+    for round in 0..3 {
+        let store = Store::open(&path).unwrap();
+        for _ in 0..3 {
+            // Same key every time: the highest row is always the one being replaced.
+            let s = store
+                .write_labels(&[label("did:plc:a", "spam", round % 2 == 1)])
+                .unwrap();
+            assert!(s[0].seq > last, "seq {} after {last}", s[0].seq);
+            last = s[0].seq;
+        }
+        assert_eq!(store.head_seq().unwrap(), last);
+    }
+    assert_eq!(last, 9);
+}
+
+#[test]
+fn a_failure_between_statements_leaves_no_half_written_change() {
+    let (_d, store) = temp_store();
+    // Inject a fault in the middle of the transaction: the second label's history insert fails.
+    store
+        .writer()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON label_history WHEN NEW.val = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let did = "did:plc:a";
+    let src = key().did_key().to_owned();
+    let result = store.update_did(did, &src, |_| {
+        Ok::<_, ()>(Changes {
+            put: vec![attestation(did, "r1")],
+            revs: vec![RecordRev {
+                rkey: "r1".into(),
+                rev: "3mvzi5tma3n2f".into(),
+                deleted: false,
+            }],
+            labels: vec![label(did, "verified-mail-operator", false), label(did, "boom", false)],
+            cursor: Some(42),
+            ..Changes::default()
+        })
+    });
+    assert!(result.is_err(), "the injected fault surfaces as an error");
+    assert!(store.attestations_for(did).unwrap().is_empty());
+    assert!(store.record_rev(did, "r1").unwrap().is_none());
+    assert!(store.labels_after(0, 10).unwrap().is_empty());
+    assert!(store.label_history().unwrap().is_empty());
+    assert_eq!(store.cursor().unwrap(), None);
+    assert_eq!(store.head_seq().unwrap(), 0, "the seq counter rolled back too");
+
+    // The same change without the fault commits as a whole.
+    let committed = store
+        .update_did(did, &src, |state| {
+            assert!(state.attestations.is_empty());
+            Ok::<_, ()>(Changes {
+                put: vec![attestation(did, "r1")],
+                labels: vec![label(did, "verified-mail-operator", false)],
+                cursor: Some(42),
+                ..Changes::default()
+            })
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(committed.labels[0].seq, 1);
+    assert_eq!(store.attestations_for(did).unwrap(), vec![attestation(did, "r1")]);
+    assert_eq!(store.cursor().unwrap(), Some(42));
+}
+
+#[test]
+fn decide_sees_the_did_state_and_an_error_writes_nothing() {
+    let (_d, store) = temp_store();
+    let did = "did:plc:a";
+    let src = key().did_key().to_owned();
+    store
+        .update_did(did, &src, |_| {
+            Ok::<_, ()>(Changes {
+                put: vec![attestation(did, "r1"), attestation(did, "r2")],
+                labels: vec![label(did, "verified-mail-operator", false)],
+                account: Some(Account {
+                    active: false,
+                    status: Some("deactivated".into()),
+                }),
+                ..Changes::default()
+            })
+        })
+        .unwrap()
+        .unwrap();
+    let seen = store
+        .update_did(did, &src, |state| {
+            assert_eq!(state.attestations.len(), 2);
+            assert!(state.label("verified-mail-operator").is_some());
+            assert_eq!(state.account.as_ref().unwrap().status.as_deref(), Some("deactivated"));
+            Err::<Changes, _>("nothing to do")
+        })
+        .unwrap();
+    assert_eq!(seen.unwrap_err(), "nothing to do");
+    assert_eq!(store.tracked_dids().unwrap(), vec![did.to_owned()]);
+}
+
+#[test]
+fn cursor_only_moves_forward() {
+    let (_d, store) = temp_store();
+    store.save_cursor(100).unwrap();
+    store.save_cursor(50).unwrap();
+    assert_eq!(store.cursor().unwrap(), Some(100));
+    store.save_cursor(150).unwrap();
+    assert_eq!(store.cursor().unwrap(), Some(150));
+}
+
+#[test]
+fn claim_due_leases_each_attestation_once() {
+    let (_d, store) = temp_store();
+    let src = key().did_key().to_owned();
+    for (did, next) in [("did:plc:a", 100), ("did:plc:b", 200), ("did:plc:c", 900)] {
+        store
+            .update_did(did, &src, |_| {
+                let mut a = attestation(did, "r");
+                a.next_check_ms = next;
+                Ok::<_, ()>(Changes {
+                    put: vec![a],
+                    ..Changes::default()
+                })
+            })
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(store.next_due_ms().unwrap(), Some(100));
+    let due = store.claim_due(500, 1000, 10).unwrap();
+    assert_eq!(
+        due,
+        vec![
+            ("did:plc:a".to_owned(), "r".to_owned()),
+            ("did:plc:b".to_owned(), "r".to_owned())
+        ]
+    );
+    assert!(store.claim_due(500, 1000, 10).unwrap().is_empty());
+    assert_eq!(store.next_due_ms().unwrap(), Some(900));
+}
+
+#[test]
+fn queries_match_exact_and_prefix_patterns_byte_for_byte() {
+    let (_d, store) = temp_store();
+    let uris = [
+        "did:plc:abc",
+        "did:plc:abcdef",
+        "did:plc:ABC",
+        "did:plc:ab_c",
+        "did:plc:abxc",
+        "did:web:abc",
+        "at://did:plc:abc/email.atmos.attestation/1",
+    ];
+    for u in uris {
+        store.write_labels(&[label(u, "spam", false)]).unwrap();
+    }
+    let q = |patterns: Vec<UriPattern>| -> Vec<String> {
+        store
+            .query_labels(&LabelQuery {
+                patterns,
+                sources: vec![],
+                after: 0,
+                limit: 50,
+            })
+            .unwrap()
+            .into_iter()
+            .map(|l| l.signed.label.uri)
+            .collect()
+    };
+    assert_eq!(q(vec![UriPattern::Exact("did:plc:abc".into())]), ["did:plc:abc"]);
+    assert_eq!(q(vec![UriPattern::Exact("did:plc:ab_c".into())]), ["did:plc:ab_c"]);
+    assert_eq!(
+        q(vec![UriPattern::Prefix("did:plc:abc".into())]),
+        ["did:plc:abc", "did:plc:abcdef"]
+    );
+    assert_eq!(q(vec![UriPattern::Prefix("did:plc:ab_".into())]), ["did:plc:ab_c"]);
+    assert_eq!(q(vec![UriPattern::Prefix(String::new())]).len(), uris.len());
+    assert_eq!(
+        q(vec![
+            UriPattern::Exact("did:plc:ABC".into()),
+            UriPattern::Prefix("at://".into())
+        ]),
+        ["did:plc:ABC", "at://did:plc:abc/email.atmos.attestation/1"]
+    );
+}
+
+#[test]
+fn prefix_upper_bounds() {
+    use super::labels::prefix_upper_bound;
+    assert_eq!(prefix_upper_bound("did:plc:a").as_deref(), Some("did:plc:b"));
+    assert_eq!(prefix_upper_bound("a\u{7f}").as_deref(), Some("a\u{80}"));
+    assert_eq!(prefix_upper_bound("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+    assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
+    assert_eq!(prefix_upper_bound(""), None);
+}

@@ -1,0 +1,75 @@
+//! Logs and metrics.
+//!
+//! Logs go through `tracing`; the level comes from `RUST_LOG` (default `info`), the format from
+//! `logFormat` (`text` or one JSON object per line). Metrics go through the `metrics` facade
+//! into a Prometheus recorder rendered at `GET /metrics`. Every metric name lives here, named
+//! `labeler_<component>_<what>_<unit|total>`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Jetstream events received, by `kind` (commit, identity, account, other).
+pub const JETSTREAM_EVENTS: &str = "labeler_jetstream_events_total";
+/// Jetstream events skipped, by `reason` (malformed, untracked, other-collection, …).
+pub const JETSTREAM_SKIPPED: &str = "labeler_jetstream_skipped_total";
+/// Jetstream (re)connections, by `outcome` (connected, failed).
+pub const JETSTREAM_CONNECTS: &str = "labeler_jetstream_connects_total";
+/// Seconds between now and the `time_us` of the last Jetstream event seen.
+pub const JETSTREAM_LAG: &str = "labeler_jetstream_lag_seconds";
+/// Events or re-checks the manager could not process, by `reason`.
+pub const MANAGER_FAILURES: &str = "labeler_manager_failures_total";
+/// Verifications, by `outcome` (pass, fail, undecided).
+pub const VERIFICATIONS: &str = "labeler_verifications_total";
+/// Labels created, by `val`.
+pub const LABELS_CREATED: &str = "labeler_labels_created_total";
+/// Labels negated, by `val`.
+pub const LABELS_NEGATED: &str = "labeler_labels_negated_total";
+/// Connected subscribeLabels clients.
+pub const SUBSCRIBERS: &str = "labeler_server_subscribers";
+/// Subscribers closed for being too slow.
+pub const SUBSCRIBERS_TOO_SLOW: &str = "labeler_server_subscribers_too_slow_total";
+/// queryLabels latency in seconds.
+pub const QUERY_LATENCY: &str = "labeler_server_query_labels_seconds";
+/// HTTP requests, by `route` and `status`.
+pub const HTTP_REQUESTS: &str = "labeler_server_http_requests_total";
+
+/// Installs the tracing subscriber. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// The `metrics` facade has one global recorder; several daemons in one process (tests) share
+/// it, which only means their counters add up.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(QUERY_LATENCY.to_owned()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is already installed: serve an empty, detached registry.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,26 @@
+//! Shared test harness.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// Path of a file under `tests/data/`.
+pub fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// Hex → bytes, for vectors.
+pub fn unhex(s: &str) -> Vec<u8> {
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.as_bytes())
+        .expect("valid hex in test vector")
+}
+
+/// The shared label-signing vectors (`tests/data/labels.json`, a copy of
+/// `shared/vectors/labels.json` produced with `@atproto/crypto` and `@ipld/dag-cbor`).
+pub fn label_vectors() -> serde_json::Value {
+    let text = std::fs::read_to_string(data_path("labels.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
