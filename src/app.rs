@@ -1,1 +1,366 @@
-//! Not yet built.
+//! Wiring: builds every component from the configuration, runs them under one cancellation
+//! token, and shuts them down together.
+//!
+//! Data flows one way: Jetstream → manager → store → server, with the scheduler feeding the
+//! manager re-checks. The first component to stop (cleanly or not) stops the others (a
+//! labeler without its consumer, or without its server, should not keep half-running); then
+//! every component gets a bounded time to finish before it is abandoned.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::keys::{self, SigningKey};
+use crate::manager::{self, Manager};
+use crate::store::Store;
+use crate::{dns, identity, jetstream, scheduler, server, telemetry, verify};
+
+/// How long components get to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Timeout for PLC directory, did:web and PDS requests.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Startup and runtime errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// Signing key problem.
+    #[error(transparent)]
+    Key(#[from] keys::Error),
+    /// Database problem.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The state directory is missing.
+    #[error("state directory {0} does not exist; run `labeler -init` first")]
+    NoState(PathBuf),
+    /// A file or directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Create {
+        /// What could not be created.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// DNS resolver setup failed.
+    #[error("cannot set up DNS: {0}")]
+    Dns(#[from] dns::Error),
+    /// HTTP client setup failed.
+    #[error("cannot set up the HTTP client: {0}")]
+    Identity(#[from] identity::Error),
+    /// The Jetstream consumer cannot run.
+    #[error(transparent)]
+    Jetstream(#[from] jetstream::Error),
+    /// The manager stopped with an error.
+    #[error(transparent)]
+    Manager(#[from] manager::Error),
+    /// The server stopped with an error.
+    #[error(transparent)]
+    Server(#[from] server::Error),
+    /// A component panicked.
+    #[error("a component failed: {0}")]
+    Panic(String),
+}
+
+/// What `init` did.
+#[derive(Debug)]
+pub struct Init {
+    /// The labeler's did:key.
+    pub did_key: String,
+    /// Whether the config file was written.
+    pub created_config: bool,
+    /// Whether the signing key was generated.
+    pub created_key: bool,
+    /// The loaded configuration.
+    pub config: Config,
+}
+
+/// `labeler -init`: creates the config file (commented defaults) if missing, the state
+/// directory (0700) and the signing key (0600) if missing, and the database. Never
+/// overwrites anything.
+pub fn init(config_path: &Path) -> Result<Init, Error> {
+    let create_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Create { path, source }
+    };
+    let mut created_config = false;
+    if !config_path.exists() {
+        if let Some(dir) = config_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            keys::create_private_dir(dir).map_err(create_err(dir))?;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(config_path)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(config::EXAMPLE.as_bytes())
+                    .map_err(create_err(config_path))?;
+                created_config = true;
+            }
+            // Created by someone else in the meantime: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(create_err(config_path)(e)),
+        }
+    }
+    let config = Config::load(config_path)?;
+    keys::create_private_dir(&config.state_dir).map_err(create_err(&config.state_dir))?;
+    let (key, created_key) = SigningKey::load_or_create(&config.signing_key_path)?;
+    Store::open(&config.db_path())?;
+    Ok(Init {
+        did_key: key.did_key().to_owned(),
+        created_config,
+        created_key,
+        config,
+    })
+}
+
+/// Internal settings that are not part of the config file (tests shorten them).
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Jetstream reconnect and rewind behaviour (the URL comes from the config).
+    pub jetstream: jetstream::Options,
+    /// Re-check sweep settings.
+    pub scheduler: scheduler::Options,
+    /// Server limits (DID and key come from the config).
+    pub server: server::Options,
+    /// Time source for scheduling.
+    pub clock: manager::Clock,
+}
+
+impl Tuning {
+    /// Production settings for `config`.
+    pub fn new(config: &Config) -> Tuning {
+        Tuning {
+            jetstream: jetstream::Options::new(config.jetstream_url.clone()),
+            scheduler: scheduler::Options::default(),
+            server: server::Options {
+                max_subscribers: config.max_subscribers,
+                ..server::Options::default()
+            },
+            clock: manager::Clock::System,
+        }
+    }
+}
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the server listens.
+    pub addr: SocketAddr,
+    /// The labeler DID (`src` of its labels).
+    pub did: String,
+    /// Cancels everything.
+    pub shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), Error>>,
+}
+
+impl Running {
+    /// Waits until the daemon stops (after `shutdown` is cancelled or a component stops),
+    /// giving components [`SHUTDOWN_GRACE`] to finish. Returns the first error, if any.
+    pub async fn wait(mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        // The first component to end stops the rest.
+        if let Some(joined) = self.tasks.join_next().await {
+            first = flatten(joined);
+            if !self.shutdown.is_cancelled() {
+                tracing::warn!("a component stopped; shutting down");
+                self.shutdown.cancel();
+            }
+        }
+        let drain = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                let r = flatten(joined);
+                if first.is_ok() {
+                    first = r;
+                } else if let Err(e) = r {
+                    tracing::error!(error = %e, "component failed during shutdown");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("components did not stop in time; abandoning them");
+            self.tasks.abort_all();
+        }
+        first
+    }
+}
+
+fn flatten(joined: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(Error::Panic(e.to_string())),
+    }
+}
+
+/// Starts every component on `listener`. Returns once they are running.
+pub async fn start(
+    config: &Config,
+    tuning: Tuning,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    if !config.state_dir.is_dir() {
+        return Err(Error::NoState(config.state_dir.clone()));
+    }
+    let key = SigningKey::load(&config.signing_key_path)?;
+    let did = config
+        .labeler_did
+        .clone()
+        .unwrap_or_else(|| key.did_key().to_owned());
+    let store = Store::open(&config.db_path())?;
+    let cursor = store.cursor()?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen_addr,
+        source,
+    })?;
+
+    let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
+    let identity = identity::Resolver::new(
+        identity::Options {
+            plc_url: config.plc_url.clone(),
+            allow_private_addresses: config.allow_private_addresses,
+            timeout: HTTP_TIMEOUT,
+        },
+        dns.clone(),
+    )?;
+    let checker = verify::Checker::new(
+        dns,
+        identity.clone(),
+        verify::Options {
+            relay_spf_include: config.relay_spf_include.clone(),
+        },
+    );
+    let manager = Manager::new(
+        store.clone(),
+        checker,
+        identity,
+        key.clone(),
+        manager::Options {
+            src: did.clone(),
+            verify_records_at_pds: config.verify_records_at_pds,
+            relay_enabled: config.relay_spf_include.is_some(),
+            reverify_interval: config.reverify_interval,
+            stale_after: config.stale_after,
+            concurrency: config.verify_concurrency,
+            clock: tuning.clock,
+        },
+    )?;
+    let (tx, rx) = tokio::sync::mpsc::channel(manager::COMMAND_CAPACITY);
+    let consumer = jetstream::Client::new(
+        jetstream::Options {
+            url: config.jetstream_url.clone(),
+            ..tuning.jetstream
+        },
+        tx.clone(),
+        manager.tracked(),
+        cursor,
+    );
+    consumer.url(None)?;
+    let scheduler = scheduler::Scheduler::new(
+        store.clone(),
+        tx,
+        scheduler::Options {
+            clock: tuning.clock,
+            ..tuning.scheduler
+        },
+    );
+    let server = server::Server::new(
+        store,
+        server::Options {
+            labeler_did: did.clone(),
+            label_key_multikey: key.multikey().to_owned(),
+            ..tuning.server
+        },
+        Some(telemetry::metrics_handle()),
+    );
+
+    let mut tasks = JoinSet::new();
+    let token = shutdown.clone();
+    tasks.spawn(async move { server.run(listener, token).await.map_err(Error::from) });
+    let token = shutdown.clone();
+    tasks.spawn(async move { manager.run(rx, token).await.map_err(Error::from) });
+    let token = shutdown.clone();
+    tasks.spawn(async move { consumer.run(token).await.map_err(Error::from) });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        scheduler.run(token).await;
+        Ok(())
+    });
+    tracing::info!(
+        %addr,
+        did = %did,
+        jetstream = %config.jetstream_url,
+        cursor,
+        "labeler started"
+    );
+    Ok(Running {
+        addr,
+        did,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Binds the configured address and runs the daemon until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen_addr,
+            source,
+        })?;
+    let shutdown = CancellationToken::new();
+    let running = start(&config, Tuning::new(&config), listener, shutdown.clone()).await?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        signal.cancel();
+    });
+    let result = running.wait().await;
+    tracing::info!("labeler stopped");
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -162,9 +162,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         // The defaults are valid by construction; `from_raw` of an empty file yields them.
-        Config::from_raw(RawConfig::default(), "<defaults>").unwrap_or_else(|e| {
-            unreachable!("built-in defaults failed validation: {e}")
-        })
+        Config::from_raw(RawConfig::default(), "<defaults>")
+            .unwrap_or_else(|e| unreachable!("built-in defaults failed validation: {e}"))
     }
 }
 
@@ -220,8 +219,7 @@ impl Config {
         let jetstream_url = raw
             .jetstream_url
             .unwrap_or_else(|| "wss://jetstream1.us-east.bsky.network/subscribe".to_owned());
-        check_url(&jetstream_url, &["ws", "wss"])
-            .map_err(|m| invalid("jetstreamURL", m))?;
+        check_url(&jetstream_url, &["ws", "wss"]).map_err(|m| invalid("jetstreamURL", m))?;
 
         let plc_url = raw
             .plc_url
@@ -240,22 +238,18 @@ impl Config {
             dns_servers.push(addr);
         }
 
-        if let Some(did) = &raw.labeler_did {
-            if !is_did(did) {
-                return Err(invalid(
-                    "labelerDid",
-                    format!("{did:?} is not a DID (did:plc:…, did:web:…, did:key:…)"),
-                ));
-            }
+        if let Some(did) = raw.labeler_did.as_ref().filter(|d| !is_did(d)) {
+            return Err(invalid(
+                "labelerDid",
+                format!("{did:?} is not a DID (did:plc:…, did:web:…, did:key:…)"),
+            ));
         }
 
-        if let Some(inc) = &raw.relay_spf_include {
-            if !is_hostname(inc) {
-                return Err(invalid(
-                    "relaySpfInclude",
-                    format!("{inc:?} is not a domain name"),
-                ));
-            }
+        if let Some(inc) = raw.relay_spf_include.as_ref().filter(|i| !is_hostname(i)) {
+            return Err(invalid(
+                "relaySpfInclude",
+                format!("{inc:?} is not a domain name"),
+            ));
         }
 
         let log_format = match raw.log_format.as_deref().unwrap_or("text") {
@@ -307,6 +301,19 @@ impl Config {
             verify_concurrency: positive("verifyConcurrency", raw.verify_concurrency, 16)?,
             allow_private_addresses: raw.allow_private_addresses.unwrap_or(false),
         })
+    }
+
+    /// Applies environment overrides (environment beats the file, the CLI beats both):
+    /// `LABELER_LISTEN_ADDR` replaces `listenAddr` (containers, tests on an ephemeral port).
+    pub fn apply_env(&mut self) -> Result<(), Error> {
+        if let Ok(v) = std::env::var("LABELER_LISTEN_ADDR") {
+            self.listen_addr = parse_listen_addr(&v).ok_or_else(|| Error::Invalid {
+                origin: "environment".to_owned(),
+                field: "LABELER_LISTEN_ADDR",
+                message: format!("{v:?} is not \":port\", \"ip:port\" or \"localhost:port\""),
+            })?;
+        }
+        Ok(())
     }
 
     /// The SQLite database file.

@@ -74,7 +74,9 @@ pub struct SigningKey {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Deliberately never the secret: only the public identity.
-        f.debug_struct("SigningKey").field("did_key", &self.did_key).finish()
+        f.debug_struct("SigningKey")
+            .field("did_key", &self.did_key)
+            .finish()
     }
 }
 
@@ -280,7 +282,10 @@ mod tests {
         assert!(SigningKey::from_hex(&HEX[..62]).is_none());
         assert!(SigningKey::from_hex(&format!("{HEX}00")).is_none());
         assert!(SigningKey::from_hex("zz").is_none());
-        assert!(SigningKey::from_hex(&"0".repeat(64)).is_none(), "zero is not a valid secret");
+        assert!(
+            SigningKey::from_hex(&"0".repeat(64)).is_none(),
+            "zero is not a valid secret"
+        );
         assert!(SigningKey::from_hex(&format!("  {HEX}\n")).is_some());
     }
 

@@ -282,10 +282,8 @@ pub fn parse_expiry(s: &str) -> Result<String, Error> {
 /// offset other than `-00:00` (`spec:/specs/lexicon` "datetime").
 pub fn is_datetime(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r.clone())
-            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
-    };
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if b.len() < 20
         || !digits(0..4)
         || b[4] != b'-'
@@ -393,7 +391,11 @@ mod tests {
             let mut ours = Vec::new();
             l.as_ref()
                 .encode_cbor(with_sig.then_some(&sig[..]), &mut ours);
-            assert_eq!(ours, reference(&l, with_sig.then_some(&sig[..])), "mask {mask}");
+            assert_eq!(
+                ours,
+                reference(&l, with_sig.then_some(&sig[..])),
+                "mask {mask}"
+            );
         }
     }
 
@@ -402,8 +404,17 @@ mod tests {
         for ok in ["spam", "verified-mail-operator", "a", &"a".repeat(128)] {
             validate_value(ok).unwrap();
         }
-        for bad in ["", "Spam", "-spam", "spam-", "sp am", "spam!", "!hide", "ß", &"a".repeat(129)]
-        {
+        for bad in [
+            "",
+            "Spam",
+            "-spam",
+            "spam-",
+            "sp am",
+            "spam!",
+            "!hide",
+            "ß",
+            &"a".repeat(129),
+        ] {
             assert!(validate_value(bad).is_err(), "{bad}");
         }
     }
@@ -429,7 +440,10 @@ mod tests {
             assert!(!is_datetime(bad), "{bad}");
         }
         let cts = now_cts();
-        assert!(is_datetime(&cts) && cts.ends_with('Z') && cts.len() == 24, "{cts}");
+        assert!(
+            is_datetime(&cts) && cts.ends_with('Z') && cts.len() == 24,
+            "{cts}"
+        );
         assert!(is_datetime(&parse_expiry("30d").unwrap()));
         assert!(parse_expiry("tomorrow").is_err());
     }
@@ -450,8 +464,10 @@ mod tests {
         assert!(flipped.verify(&public).is_err());
 
         let other = SigningKey::generate().unwrap();
-        assert!(signed
-            .verify(&PublicKey::parse(other.did_key()).unwrap())
-            .is_err());
+        assert!(
+            signed
+                .verify(&PublicKey::parse(other.did_key()).unwrap())
+                .is_err()
+        );
     }
 }

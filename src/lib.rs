@@ -11,6 +11,7 @@
 //! [`dns`] and [`identity`] fetch.
 
 pub mod app;
+pub mod attestation;
 mod cbor;
 pub mod cli;
 pub mod config;

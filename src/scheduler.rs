@@ -1,1 +1,121 @@
-//! Not yet built.
+//! The re-verification scheduler: every attestation is checked again `reverifyInterval` after
+//! its last check (sooner after failures or undecided checks; the manager sets the time).
+//!
+//! Next-check times live in SQLite, so the schedule survives restarts. Each sweep *claims* due
+//! attestations (pushing their next check out by a lease) and hands them to the manager; the
+//! manager's commit sets the real next time. A crash mid-check therefore only delays that
+//! attestation by the lease. Spreading: the manager jitters each next-check time by ±10%, and
+//! after downtime the overdue backlog drains at the manager's pace (bounded queues), not all
+//! at once.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Clock, Command};
+use crate::store::Store;
+
+/// Scheduler settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Attestations claimed per sweep.
+    pub batch: usize,
+    /// How long a claimed attestation is held before it may be claimed again.
+    pub lease: Duration,
+    /// Longest sleep between sweeps (bounds how late a newly due attestation can be noticed).
+    pub max_sleep: Duration,
+    /// Time source (the same one the manager uses for next-check times).
+    pub clock: Clock,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            batch: 64,
+            lease: Duration::from_secs(15 * 60),
+            max_sleep: Duration::from_secs(60),
+            clock: Clock::System,
+        }
+    }
+}
+
+/// The scheduler component.
+#[derive(Debug)]
+pub struct Scheduler {
+    store: Store,
+    tx: mpsc::Sender<Command>,
+    options: Options,
+}
+
+impl Scheduler {
+    /// A scheduler that sends re-checks to `tx`.
+    pub fn new(store: Store, tx: mpsc::Sender<Command>, options: Options) -> Scheduler {
+        Scheduler { store, tx, options }
+    }
+
+    /// Runs until `shutdown` is cancelled or the manager goes away. Database errors are logged
+    /// and retried; they never stop the daemon from serving.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.sweep(&shutdown).await {
+                Ok(Some(wait)) => {
+                    failures = 0;
+                    wait
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_secs(1 << failures.min(6));
+                    tracing::error!(error = %e, retry_in = ?wait, "re-check sweep failed");
+                    wait
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Claims and dispatches due attestations; returns how long to wait before the next sweep,
+    /// or `None` when it should stop.
+    async fn sweep(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Duration>, crate::store::Error> {
+        let now = self.options.clock.now_ms();
+        let (batch, lease) = (self.options.batch, self.options.lease.as_millis() as i64);
+        let due = self
+            .store
+            .call(move |s| s.claim_due(now, lease, batch))
+            .await?;
+        let full = due.len() == batch;
+        if !due.is_empty() {
+            tracing::debug!(count = due.len(), "re-checking due attestations");
+        }
+        for (did, rkey) in due {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                sent = self.tx.send(Command::Recheck { did, rkey }) => {
+                    if sent.is_err() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        if full {
+            return Ok(Some(Duration::ZERO));
+        }
+        let next = self.store.call(|s| s.next_due_ms()).await?;
+        let now = self.options.clock.now_ms();
+        let wait = next.map_or(self.options.max_sleep, |t| {
+            Duration::from_millis(t.saturating_sub(now).max(0) as u64)
+        });
+        Ok(Some(wait.min(self.options.max_sleep)))
+    }
+}

@@ -5,5 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod cli;
 mod common;
+mod jetstream;
 mod vectors;

@@ -1,1 +1,448 @@
-//! Not yet built.
+//! The Jetstream consumer: a WebSocket client for the v1 `/subscribe` protocol
+//! (`jetstream.md` §1a, §2, §3, §10), filtered to `email.atmos.attestation`, uncompressed JSON.
+//!
+//! It turns each event into a [`manager::Command`] carrying the event's `time_us` and hands it
+//! to the manager; it never writes the cursor itself — the manager commits each event's effect
+//! and the cursor together. Identity and account events arrive for every account on the
+//! network; only those about DIDs we track are passed on, the rest are dropped with a set
+//! lookup. Skipped events still move the cursor, through periodic [`Command::Checkpoint`]s.
+//!
+//! Resilience:
+//! - resumes from `cursor − rewind` (v1 cursors are inclusive `time_us`; rewinding a few
+//!   seconds absorbs the replay→live reordering of v1 hosts, and the manager's processing is
+//!   idempotent);
+//! - reconnects with exponential backoff and jitter, and after `idle_timeout` without any
+//!   frame (servers ping every 30 s);
+//! - the socket reader never waits on processing: when the manager's queue is full it
+//!   disconnects, waits for the queue to drain, and resumes from the last event it handed
+//!   over, instead of letting the server's pings go unanswered;
+//! - malformed frames, unknown kinds and oversized records are logged with the DID and rkey,
+//!   counted, and skipped.
+
+mod event;
+
+pub use event::{Event, MAX_EVENT_BYTES, ParseError, parse};
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Command, Tracked};
+use crate::telemetry;
+
+/// Consumer settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The `/subscribe` URL (`ws://` or `wss://`).
+    pub url: String,
+    /// The collection to subscribe to.
+    pub collection: String,
+    /// How far to rewind the cursor on (re)connect.
+    pub rewind: Duration,
+    /// Reconnect after this long without any frame.
+    pub idle_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// How often skipped events' progress is handed to the manager.
+    pub checkpoint_every: Duration,
+}
+
+impl Options {
+    /// Production defaults for `url`.
+    pub fn new(url: String) -> Options {
+        Options {
+            url,
+            collection: crate::attestation::NSID.to_owned(),
+            rewind: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            checkpoint_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Consumer errors (only configuration can stop it; network trouble is retried forever).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL cannot be used.
+    #[error("invalid Jetstream URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Largest WebSocket message accepted (the v2 Go client uses 32 MiB; our events are tiny).
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// How long a connection attempt (TCP, TLS and upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Why a session ended.
+enum End {
+    Shutdown,
+    /// The manager's queue is full: resume once it drains.
+    Backpressure,
+    Lost(String),
+}
+
+/// The Jetstream consumer component.
+#[derive(Debug)]
+pub struct Client {
+    options: Options,
+    tx: mpsc::Sender<Command>,
+    tracked: Tracked,
+    /// Where to resume: the `time_us` of the last event seen (handed over or skipped).
+    last: Option<i64>,
+    /// The last progress reported to the manager with a checkpoint.
+    reported: Option<i64>,
+}
+
+impl Client {
+    /// A consumer that resumes after `cursor` (the manager's saved cursor) and sends to `tx`.
+    pub fn new(
+        options: Options,
+        tx: mpsc::Sender<Command>,
+        tracked: Tracked,
+        cursor: Option<i64>,
+    ) -> Client {
+        Client {
+            options,
+            tx,
+            tracked,
+            last: cursor,
+            reported: cursor,
+        }
+    }
+
+    /// The subscription URL for resuming at `cursor`.
+    pub fn url(&self, cursor: Option<i64>) -> Result<String, Error> {
+        let mut url = reqwest::Url::parse(&self.options.url).map_err(|e| Error::Url {
+            url: self.options.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "ws" | "wss") {
+            return Err(Error::Url {
+                url: self.options.url.clone(),
+                reason: "the scheme must be ws:// or wss://".to_owned(),
+            });
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("wantedCollections", &self.options.collection);
+            if let Some(c) = cursor {
+                q.append_pair("cursor", &c.to_string());
+            }
+        }
+        Ok(url.into())
+    }
+
+    /// Consumes until `shutdown` is cancelled or the manager goes away.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.url(None)?;
+        if let Some(c) = self.last {
+            let age = now_us().saturating_sub(c) / 1_000_000;
+            if age > 24 * 3600 {
+                tracing::warn!(
+                    cursor = c,
+                    age_hours = age / 3600,
+                    "saved Jetstream cursor is older than a day; Jetstream may no longer hold \
+                     the events since then (attestations created meanwhile are only seen when \
+                     their authors update them; known ones are still re-verified)"
+                );
+            }
+        }
+        let mut backoff = self.options.backoff_min;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let rewind = self.options.rewind.as_micros() as i64;
+            let cursor = self.last.map(|t| (t - rewind).max(1));
+            let url = self.url(cursor)?;
+            let started = Instant::now();
+            let seen_before = self.last;
+            let end = match self.connect(&url, &shutdown).await {
+                Ok(Some(ws)) => {
+                    metrics::counter!(telemetry::JETSTREAM_CONNECTS, "outcome" => "connected")
+                        .increment(1);
+                    tracing::info!(url = %self.options.url, cursor, "connected to Jetstream");
+                    self.session(ws, &shutdown).await
+                }
+                Ok(None) => End::Shutdown,
+                Err(reason) => {
+                    metrics::counter!(telemetry::JETSTREAM_CONNECTS, "outcome" => "failed")
+                        .increment(1);
+                    End::Lost(reason)
+                }
+            };
+            // Report progress even when the session ends.
+            self.checkpoint();
+            match end {
+                End::Shutdown => return Ok(()),
+                End::Backpressure => {
+                    tracing::warn!("verification queue is full; pausing Jetstream intake");
+                    if !self.wait_for_room(&shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = self.options.backoff_min;
+                    continue;
+                }
+                End::Lost(reason) => {
+                    if started.elapsed() >= HEALTHY_SESSION || self.last != seen_before {
+                        backoff = self.options.backoff_min;
+                    }
+                    let delay = jittered(backoff);
+                    tracing::warn!(%reason, retry_in = ?delay, "Jetstream connection lost");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(self.options.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        url: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<
+        Option<
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+        >,
+        String,
+    > {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(None),
+            r = attempt => match r {
+                Err(_) => Err(format!("connecting took longer than {CONNECT_TIMEOUT:?}")),
+                Ok(Err(tungstenite::Error::Http(resp))) => {
+                    let body = resp
+                        .body()
+                        .as_deref()
+                        .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+                        .unwrap_or_default();
+                    Err(format!("server refused the subscription: HTTP {} {body}", resp.status()))
+                }
+                Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+                Ok(Ok((ws, _))) => Ok(Some(ws)),
+            }
+        }
+    }
+
+    async fn session<S>(&mut self, mut ws: S, shutdown: &CancellationToken) -> End
+    where
+        S: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+            + futures_util::Sink<Message, Error = tungstenite::Error>
+            + Unpin,
+    {
+        let mut tick = tokio::time::interval(self.options.checkpoint_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Only frames (pings included) move the idle deadline; the checkpoint tick must not.
+        let idle = tokio::time::sleep(self.options.idle_timeout);
+        tokio::pin!(idle);
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break End::Shutdown,
+                _ = tick.tick() => self.checkpoint(),
+                _ = &mut idle => break End::Lost(format!(
+                    "no frame for {:?}", self.options.idle_timeout)),
+                msg = ws.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.options.idle_timeout);
+                    let msg = match msg {
+                        None => break End::Lost("the server closed the stream".to_owned()),
+                        Some(Err(e)) => break End::Lost(format!("read failed: {e}")),
+                        Some(Ok(m)) => m,
+                    };
+                    match msg {
+                        Message::Text(text) => {
+                            if let Some(end) = self.on_text(text.as_str()) {
+                                break end;
+                            }
+                        }
+                        // tungstenite queued the pong; flush so it goes out now.
+                        Message::Ping(_) => {
+                            if let Err(e) = ws.flush().await {
+                                break End::Lost(format!("write failed: {e}"));
+                            }
+                        }
+                        Message::Close(frame) => break End::Lost(format!(
+                            "the server closed the connection: {}",
+                            frame.map_or_else(String::new, |f| format!("{} {}", f.code, f.reason))
+                        )),
+                        Message::Binary(b) => {
+                            metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "binary")
+                                .increment(1);
+                            tracing::warn!(bytes = b.len(), "unexpected binary frame (compressed?); skipped");
+                        }
+                        Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+            }
+        };
+        // Best effort: say goodbye so the server frees the subscription at once.
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
+        end
+    }
+
+    /// Handles one text frame; `Some` ends the session.
+    fn on_text(&mut self, text: &str) -> Option<End> {
+        let (time_us, command) = match parse(text, &self.options.collection) {
+            Ok(Event::Command(cmd)) => {
+                metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => "commit").increment(1);
+                (command_time(&cmd), Some(cmd))
+            }
+            Ok(Event::Account { did, command }) => {
+                let kind = if matches!(command, Command::Identity { .. }) {
+                    "identity"
+                } else {
+                    "account"
+                };
+                metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => kind).increment(1);
+                let t = command_time(&command);
+                if self.tracked.contains(&did) {
+                    (t, Some(command))
+                } else {
+                    metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "untracked")
+                        .increment(1);
+                    (t, None)
+                }
+            }
+            Ok(Event::Skip { time_us, reason }) => {
+                metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => "other").increment(1);
+                metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => reason).increment(1);
+                (Some(time_us), None)
+            }
+            Err(e) => {
+                metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "malformed")
+                    .increment(1);
+                tracing::warn!(error = %e, "skipping malformed Jetstream event");
+                (e.time_us, None)
+            }
+        };
+        if let Some(cmd) = command {
+            match self.tx.try_send(cmd) {
+                Ok(()) => {}
+                // Not handed over: resume from this event (cursors are inclusive).
+                Err(TrySendError::Full(_)) => return Some(End::Backpressure),
+                Err(TrySendError::Closed(_)) => return Some(End::Shutdown),
+            }
+        }
+        if let Some(t) = time_us {
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+            let lag = (now_us() - t) as f64 / 1e6;
+            metrics::gauge!(telemetry::JETSTREAM_LAG).set(lag.max(0.0));
+        }
+        None
+    }
+
+    /// Tells the manager how far the stream has been read (skipped events included).
+    fn checkpoint(&mut self) {
+        if self.last == self.reported {
+            return;
+        }
+        if let Some(cursor) = self.last
+            && self.tx.try_send(Command::Checkpoint { cursor }).is_ok()
+        {
+            self.reported = self.last;
+        }
+    }
+
+    /// Waits until the manager's queue is at most half full. False on shutdown.
+    async fn wait_for_room(&self, shutdown: &CancellationToken) -> bool {
+        let max = self.tx.max_capacity();
+        loop {
+            if self.tx.capacity() * 2 >= max {
+                return true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                permit = self.tx.reserve() => match permit {
+                    Ok(p) => drop(p),
+                    Err(_) => return false,
+                },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+fn command_time(cmd: &Command) -> Option<i64> {
+    match cmd {
+        Command::Put { cursor, .. }
+        | Command::Delete { cursor, .. }
+        | Command::Identity { cursor, .. }
+        | Command::Account { cursor, .. }
+        | Command::Checkpoint { cursor } => Some(*cursor),
+        Command::Recheck { .. } => None,
+    }
+}
+
+/// `d` ± 25%, so many labelers do not reconnect in lockstep.
+fn jittered(d: Duration) -> Duration {
+    let f: f64 = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_url_carries_the_filter_and_cursor() {
+        let (tx, _rx) = mpsc::channel(1);
+        let c = Client::new(
+            Options::new("wss://jetstream1.us-east.bsky.network/subscribe".into()),
+            tx,
+            Tracked::default(),
+            None,
+        );
+        assert_eq!(
+            c.url(Some(1_789_985_725_412_775)).unwrap(),
+            "wss://jetstream1.us-east.bsky.network/subscribe?wantedCollections=email.atmos.attestation&cursor=1789985725412775"
+        );
+        assert_eq!(
+            c.url(None).unwrap(),
+            "wss://jetstream1.us-east.bsky.network/subscribe?wantedCollections=email.atmos.attestation"
+        );
+        let (tx, _rx) = mpsc::channel(1);
+        let bad = Client::new(
+            Options::new("https://x/subscribe".into()),
+            tx,
+            Tracked::default(),
+            None,
+        );
+        assert!(bad.url(None).is_err());
+    }
+}

@@ -396,7 +396,9 @@ impl Store {
     pub fn tracked_dids(&self) -> Result<Vec<String>, Error> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT DISTINCT did FROM attestations")?;
-            let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
     }
@@ -418,7 +420,9 @@ impl Store {
                 "SELECT did, rkey FROM attestations WHERE next_check_ms <= ?1
                  ORDER BY next_check_ms LIMIT ?2",
             )?
-            .query_map(params![now_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![now_ms, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         for (did, rkey) in &due {
             tx.prepare_cached(
@@ -433,8 +437,10 @@ impl Store {
     /// When the next attestation is due (unix ms), if any.
     pub fn next_due_ms(&self) -> Result<Option<i64>, Error> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT min(next_check_ms) FROM attestations")?
-                .query_row([], |r| r.get(0))?)
+            Ok(
+                c.prepare_cached("SELECT min(next_check_ms) FROM attestations")?
+                    .query_row([], |r| r.get(0))?,
+            )
         })
     }
 

@@ -79,13 +79,32 @@ pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Er
         "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    .execute(params![
+        x.src,
+        x.uri,
+        cid,
+        x.val,
+        x.neg,
+        x.cts,
+        x.exp,
+        &l.sig[..]
+    ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO label_history (seq, src, uri, cid, val, neg, cts, exp, sig)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![seq, x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    .execute(params![
+        seq,
+        x.src,
+        x.uri,
+        cid,
+        x.val,
+        x.neg,
+        x.cts,
+        x.exp,
+        &l.sig[..]
+    ])?;
     Ok(seq)
 }
 
@@ -130,10 +149,12 @@ impl Store {
     /// too, via `sqlite_sequence`, so a cursor equal to a replaced label's seq is not "future".
     pub fn head_seq(&self) -> Result<i64, Error> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'labels'")?
-                .query_row([], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0))
+            Ok(
+                c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'labels'")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            )
         })
     }
 
@@ -158,9 +179,8 @@ impl Store {
     /// Every label ever written (the append-only history), in commit order.
     pub fn label_history(&self) -> Result<Vec<StoredLabel>, Error> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM label_history ORDER BY id"
-            ))?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {COLUMNS} FROM label_history ORDER BY id"))?;
             let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
         })
@@ -286,7 +306,10 @@ fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Erro
             },
         }
     }
-    let mut sql = format!("SELECT {COLUMNS} FROM labels WHERE seq > ?{}", args.len() + 1);
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?{}",
+        args.len() + 1
+    );
     args.push(q.after.into());
     if !match_all {
         sql.push_str(&format!(" AND ({})", conds.join(" OR ")));

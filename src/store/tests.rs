@@ -51,9 +51,15 @@ fn temp_store() -> (tempfile::TempDir, Store) {
 #[test]
 fn replacement_gets_a_new_seq_and_leaves_one_current_row() {
     let (_d, store) = temp_store();
-    let a = store.write_labels(&[label("did:plc:a", "spam", false)]).unwrap();
-    let b = store.write_labels(&[label("did:plc:b", "spam", false)]).unwrap();
-    let neg = store.write_labels(&[label("did:plc:a", "spam", true)]).unwrap();
+    let a = store
+        .write_labels(&[label("did:plc:a", "spam", false)])
+        .unwrap();
+    let b = store
+        .write_labels(&[label("did:plc:b", "spam", false)])
+        .unwrap();
+    let neg = store
+        .write_labels(&[label("did:plc:a", "spam", true)])
+        .unwrap();
     assert!(a[0].seq < b[0].seq && b[0].seq < neg[0].seq);
     let current = store.labels_after(0, 100).unwrap();
     let seqs: Vec<i64> = current.iter().map(|l| l.seq).collect();
@@ -104,7 +110,10 @@ fn a_failure_between_statements_leaves_no_half_written_change() {
                 rev: "3mvzi5tma3n2f".into(),
                 deleted: false,
             }],
-            labels: vec![label(did, "verified-mail-operator", false), label(did, "boom", false)],
+            labels: vec![
+                label(did, "verified-mail-operator", false),
+                label(did, "boom", false),
+            ],
             cursor: Some(42),
             ..Changes::default()
         })
@@ -115,7 +124,11 @@ fn a_failure_between_statements_leaves_no_half_written_change() {
     assert!(store.labels_after(0, 10).unwrap().is_empty());
     assert!(store.label_history().unwrap().is_empty());
     assert_eq!(store.cursor().unwrap(), None);
-    assert_eq!(store.head_seq().unwrap(), 0, "the seq counter rolled back too");
+    assert_eq!(
+        store.head_seq().unwrap(),
+        0,
+        "the seq counter rolled back too"
+    );
 
     // The same change without the fault commits as a whole.
     let committed = store
@@ -131,7 +144,10 @@ fn a_failure_between_statements_leaves_no_half_written_change() {
         .unwrap()
         .unwrap();
     assert_eq!(committed.labels[0].seq, 1);
-    assert_eq!(store.attestations_for(did).unwrap(), vec![attestation(did, "r1")]);
+    assert_eq!(
+        store.attestations_for(did).unwrap(),
+        vec![attestation(did, "r1")]
+    );
     assert_eq!(store.cursor().unwrap(), Some(42));
 }
 
@@ -158,7 +174,10 @@ fn decide_sees_the_did_state_and_an_error_writes_nothing() {
         .update_did(did, &src, |state| {
             assert_eq!(state.attestations.len(), 2);
             assert!(state.label("verified-mail-operator").is_some());
-            assert_eq!(state.account.as_ref().unwrap().status.as_deref(), Some("deactivated"));
+            assert_eq!(
+                state.account.as_ref().unwrap().status.as_deref(),
+                Some("deactivated")
+            );
             Err::<Changes, _>("nothing to do")
         })
         .unwrap();
@@ -234,13 +253,22 @@ fn queries_match_exact_and_prefix_patterns_byte_for_byte() {
             .map(|l| l.signed.label.uri)
             .collect()
     };
-    assert_eq!(q(vec![UriPattern::Exact("did:plc:abc".into())]), ["did:plc:abc"]);
-    assert_eq!(q(vec![UriPattern::Exact("did:plc:ab_c".into())]), ["did:plc:ab_c"]);
+    assert_eq!(
+        q(vec![UriPattern::Exact("did:plc:abc".into())]),
+        ["did:plc:abc"]
+    );
+    assert_eq!(
+        q(vec![UriPattern::Exact("did:plc:ab_c".into())]),
+        ["did:plc:ab_c"]
+    );
     assert_eq!(
         q(vec![UriPattern::Prefix("did:plc:abc".into())]),
         ["did:plc:abc", "did:plc:abcdef"]
     );
-    assert_eq!(q(vec![UriPattern::Prefix("did:plc:ab_".into())]), ["did:plc:ab_c"]);
+    assert_eq!(
+        q(vec![UriPattern::Prefix("did:plc:ab_".into())]),
+        ["did:plc:ab_c"]
+    );
     assert_eq!(q(vec![UriPattern::Prefix(String::new())]).len(), uris.len());
     assert_eq!(
         q(vec![
@@ -254,9 +282,15 @@ fn queries_match_exact_and_prefix_patterns_byte_for_byte() {
 #[test]
 fn prefix_upper_bounds() {
     use super::labels::prefix_upper_bound;
-    assert_eq!(prefix_upper_bound("did:plc:a").as_deref(), Some("did:plc:b"));
+    assert_eq!(
+        prefix_upper_bound("did:plc:a").as_deref(),
+        Some("did:plc:b")
+    );
     assert_eq!(prefix_upper_bound("a\u{7f}").as_deref(), Some("a\u{80}"));
-    assert_eq!(prefix_upper_bound("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+    assert_eq!(
+        prefix_upper_bound("a\u{d7ff}").as_deref(),
+        Some("a\u{e000}")
+    );
     assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
     assert_eq!(prefix_upper_bound(""), None);
 }

@@ -24,3 +24,24 @@ pub fn label_vectors() -> serde_json::Value {
     let text = std::fs::read_to_string(data_path("labels.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+pub mod jetstream;
+
+/// Waits for `cond` to hold, polling `poll` between checks, for at most `limit`.
+/// For state that has no notification of its own (e.g. rows in another process's database).
+pub async fn eventually<F, Fut>(limit: std::time::Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
