@@ -8,4 +8,6 @@
 mod cli;
 mod common;
 mod jetstream;
+mod lexicons;
+mod scheduler;
 mod vectors;

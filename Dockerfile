@@ -1,0 +1,35 @@
+# atmos-labeler: multi-stage build, small non-root runtime image.
+#
+#   docker build -t atmos-labeler .
+#   docker run -v ./state:/app/state -p 8081:8081 atmos-labeler
+#
+# On an empty state directory the first start creates state/config.json (commented defaults),
+# the signing key (0600) and the database, then serves on :8081.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin labeler \
+ && strip target/release/labeler
+
+FROM debian:bookworm-slim
+# ca-certificates: HTTPS to the PLC directory, did:web hosts and PDSes, WSS to Jetstream.
+# setpriv (util-linux, already in the base image) drops root in the entrypoint.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --home-dir /app --shell /usr/sbin/nologin labeler \
+ && mkdir -p /app/state \
+ && chown -R labeler:labeler /app \
+ && chmod 0700 /app/state
+COPY --from=build /src/target/release/labeler /usr/local/bin/labeler
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+WORKDIR /app
+VOLUME /app/state
+EXPOSE 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["labeler", "healthcheck"]
+# The entrypoint starts as root only to hand a freshly bind-mounted ./state to the labeler
+# user, then runs the daemon as that user (uid 10001). Run with --user to skip that step.
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["labeler"]

@@ -1,0 +1,130 @@
+//! Re-check timing, on tokio's paused clock: no sleeping, no wall-clock dependence.
+
+use atmos_labeler::manager::{Clock, Command};
+use atmos_labeler::scheduler::{Options, Scheduler};
+use atmos_labeler::store::{Attestation, Changes, Store, Verdict};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BASE: i64 = 1_800_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+fn attestation(did: &str, next_check_ms: i64) -> Attestation {
+    Attestation {
+        did: did.into(),
+        rkey: "r".into(),
+        domain: "example.test".into(),
+        selectors: vec!["default".into()],
+        record_cid: None,
+        rev: None,
+        created_at: None,
+        first_seen_ms: BASE,
+        verdict: Verdict::Pass,
+        standing: true,
+        relay_member: false,
+        report: None,
+        checked_ms: Some(BASE),
+        last_definitive_ms: Some(BASE),
+        consecutive_failures: 0,
+        consecutive_undecided: 0,
+        next_check_ms,
+    }
+}
+
+fn seed(store: &Store, did: &str, next: i64) {
+    store
+        .update_did(did, "did:key:x", |_| {
+            Ok::<_, ()>(Changes {
+                put: vec![attestation(did, next)],
+                ..Changes::default()
+            })
+        })
+        .unwrap()
+        .unwrap();
+}
+
+fn start(store: &Store, clock: Clock) -> (mpsc::Receiver<Command>, CancellationToken) {
+    let (tx, rx) = mpsc::channel(8);
+    let token = CancellationToken::new();
+    let scheduler = Scheduler::new(
+        store.clone(),
+        tx,
+        Options {
+            clock,
+            ..Options::default()
+        },
+    );
+    let t = token.clone();
+    tokio::spawn(async move { scheduler.run(t).await });
+    (rx, token)
+}
+
+fn did_of(cmd: Command) -> String {
+    match cmd {
+        Command::Recheck { did, .. } => did,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rechecks_fall_due_at_their_time_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    seed(&store, "did:plc:a", BASE + 24 * HOUR);
+    seed(&store, "did:plc:b", BASE + 25 * HOUR);
+    let clock = Clock::tokio(BASE);
+    let (mut rx, token) = start(&store, clock);
+
+    assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
+    let now = clock.now_ms();
+    assert!((BASE + 24 * HOUR..BASE + 25 * HOUR).contains(&now), "a at {now}");
+    // The manager's commit sets the next check a day on.
+    seed(&store, "did:plc:a", now + 24 * HOUR);
+
+    assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:b");
+    assert!(clock.now_ms() >= BASE + 25 * HOUR);
+    seed(&store, "did:plc:b", clock.now_ms() + 24 * HOUR);
+    assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
+    assert!(clock.now_ms() >= now + 24 * HOUR, "a again a day later");
+    token.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_recheck_lost_in_a_crash_comes_back_after_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    seed(&store, "did:plc:a", BASE);
+    let clock = Clock::tokio(BASE);
+
+    // The first scheduler hands the re-check out, then the process "dies" before the manager
+    // commits a new next-check time.
+    let (mut rx, token) = start(&store, clock);
+    assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
+    token.cancel();
+    drop(rx);
+
+    // After a restart the attestation is not handed out again until the lease runs out.
+    let (mut rx, token) = start(&store, clock);
+    let before = clock.now_ms();
+    assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
+    let lease = Options::default().lease.as_millis() as i64;
+    assert!(clock.now_ms() >= before + lease - 1, "re-issued only after the lease");
+    token.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overdue_backlog_is_handed_out_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    for i in 0..200 {
+        seed(&store, &format!("did:plc:{i:03}"), BASE - HOUR);
+    }
+    let (mut rx, token) = start(&store, Clock::tokio(BASE));
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 200 {
+        seen.insert(did_of(rx.recv().await.unwrap()));
+        // The channel (capacity 8) bounds how far the scheduler runs ahead of the manager.
+        assert!(rx.len() <= 8);
+    }
+    token.cancel();
+}
