@@ -695,11 +695,14 @@ fn did_web_url(did: &str, allow_private: bool) -> Result<String, Error> {
                 reason: format!("{ip} is a {reason} address"),
             });
         }
-    } else if !(allow_private && host == "localhost") && !crate::config::is_hostname(host)
-        || host.contains('_')
-        || host != host.to_ascii_lowercase()
-    {
-        return Err(unsupported(did, "the host is not a lowercase DNS name"));
+    } else {
+        let dev_localhost = allow_private && host == "localhost";
+        let valid = crate::config::is_hostname(host)
+            && !host.contains('_')
+            && host == host.to_ascii_lowercase();
+        if !(dev_localhost || valid) {
+            return Err(unsupported(did, "the host is not a lowercase DNS name"));
+        }
     }
     if port.is_some() && !(allow_private && local) {
         return Err(unsupported(

@@ -7,3 +7,6 @@
 
 mod common;
 mod vectors;
+mod dns;
+mod identity;
+mod verify;
