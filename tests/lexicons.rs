@@ -6,8 +6,23 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 const TYPES: &[&str] = &[
-    "record", "query", "procedure", "subscription", "object", "array", "string", "integer",
-    "boolean", "bytes", "cid-link", "blob", "ref", "union", "unknown", "token", "params",
+    "record",
+    "query",
+    "procedure",
+    "subscription",
+    "object",
+    "array",
+    "string",
+    "integer",
+    "boolean",
+    "bytes",
+    "cid-link",
+    "blob",
+    "ref",
+    "union",
+    "unknown",
+    "token",
+    "params",
     "null",
 ];
 
@@ -31,12 +46,21 @@ fn walk(v: &Value, path: &str, refs: &mut Vec<String>) {
                 match t {
                     "ref" => refs.push(m["ref"].as_str().unwrap().to_owned()),
                     "union" => refs.extend(
-                        m["refs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()),
+                        m["refs"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|r| r.as_str().unwrap().to_owned()),
                     ),
                     "array" => assert!(m.contains_key("items"), "{path}: array without items"),
                     "object" | "params" => {
                         let props = m.get("properties").and_then(Value::as_object);
-                        for req in m.get("required").and_then(Value::as_array).into_iter().flatten() {
+                        for req in m
+                            .get("required")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
                             let r = req.as_str().unwrap();
                             assert!(
                                 props.is_some_and(|p| p.contains_key(r)),
@@ -101,7 +125,10 @@ fn the_attestation_lexicon_matches_what_the_labeler_accepts() {
     let doc: Value = serde_json::from_str(&text).unwrap();
     let rec = &doc["defs"]["main"]["record"];
     assert_eq!(doc["defs"]["main"]["key"], "any");
-    assert_eq!(rec["required"], serde_json::json!(["domain", "dkimSelectors", "createdAt"]));
+    assert_eq!(
+        rec["required"],
+        serde_json::json!(["domain", "dkimSelectors", "createdAt"])
+    );
     let sel = &rec["properties"]["dkimSelectors"];
     assert_eq!(sel["minLength"], 1);
     assert_eq!(

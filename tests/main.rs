@@ -7,7 +7,10 @@
 
 mod cli;
 mod common;
+mod dns;
+mod identity;
 mod jetstream;
 mod lexicons;
 mod scheduler;
 mod vectors;
+mod verify;

@@ -77,7 +77,10 @@ async fn rechecks_fall_due_at_their_time_and_not_before() {
 
     assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
     let now = clock.now_ms();
-    assert!((BASE + 24 * HOUR..BASE + 25 * HOUR).contains(&now), "a at {now}");
+    assert!(
+        (BASE + 24 * HOUR..BASE + 25 * HOUR).contains(&now),
+        "a at {now}"
+    );
     // The manager's commit sets the next check a day on.
     seed(&store, "did:plc:a", now + 24 * HOUR);
 
@@ -108,7 +111,10 @@ async fn a_recheck_lost_in_a_crash_comes_back_after_its_lease() {
     let before = clock.now_ms();
     assert_eq!(did_of(rx.recv().await.unwrap()), "did:plc:a");
     let lease = Options::default().lease.as_millis() as i64;
-    assert!(clock.now_ms() >= before + lease - 1, "re-issued only after the lease");
+    assert!(
+        clock.now_ms() >= before + lease - 1,
+        "re-issued only after the lease"
+    );
     token.cancel();
 }
 

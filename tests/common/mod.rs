@@ -45,3 +45,5 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+pub mod dns;
+pub mod plc;
