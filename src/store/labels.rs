@@ -7,8 +7,18 @@ use super::{Error, Store};
 use crate::frame;
 use crate::label::{Label, LabelRef, SignedLabel};
 
-/// Columns in the order [`from_row`] reads them.
+/// Columns in the order [`from_row`] and [`borrow_row`] read them.
 const COLUMNS: &str = "seq, src, uri, cid, val, neg, cts, exp, sig";
+
+/// Current labels after a seq, in seq order: backfill pages and the live feed.
+const AFTER_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig FROM labels \
+     WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// The hot queryLabels statement: one exact subject, no `sources` filter. Served from the
+/// statement cache; the read connections' QPSG keeps it from being re-prepared on every use
+/// (`performance.md`; `exact_lookups_are_never_re_prepared` guards it).
+pub(crate) const EXACT_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig \
+     FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 /// A label as stored: its seq and the signed label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,13 +89,32 @@ pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Er
         "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    .execute(params![
+        x.src,
+        x.uri,
+        cid,
+        x.val,
+        x.neg,
+        x.cts,
+        x.exp,
+        &l.sig[..]
+    ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO label_history (seq, src, uri, cid, val, neg, cts, exp, sig)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
-    .execute(params![seq, x.src, x.uri, cid, x.val, x.neg, x.cts, x.exp, &l.sig[..]])?;
+    .execute(params![
+        seq,
+        x.src,
+        x.uri,
+        cid,
+        x.val,
+        x.neg,
+        x.cts,
+        x.exp,
+        &l.sig[..]
+    ])?;
     Ok(seq)
 }
 
@@ -130,10 +159,12 @@ impl Store {
     /// too, via `sqlite_sequence`, so a cursor equal to a replaced label's seq is not "future".
     pub fn head_seq(&self) -> Result<i64, Error> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'labels'")?
-                .query_row([], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0))
+            Ok(
+                c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'labels'")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            )
         })
     }
 
@@ -155,12 +186,34 @@ impl Store {
         self.read(|c| query_labels(c, q))
     }
 
+    /// Runs a queryLabels request, handing each row to `each` as borrowed `(seq, label, sig)`
+    /// in seq order, and returns how many rows matched. This is the allocation-free form of
+    /// [`Store::query_labels`] that the server encodes JSON from.
+    ///
+    /// Runs inline on a pooled read connection: an indexed lookup takes microseconds, less
+    /// than a hop to the blocking pool would cost.
+    pub fn visit_labels(
+        &self,
+        q: &LabelQuery,
+        mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+    ) -> Result<usize, Error> {
+        self.read(|c| {
+            let mut n = 0;
+            query_rows(c, q, |r| {
+                let (seq, label, sig) = borrow_row(r)?;
+                each(seq, &label, sig);
+                n += 1;
+                Ok(())
+            })?;
+            Ok(n)
+        })
+    }
+
     /// Every label ever written (the append-only history), in commit order.
     pub fn label_history(&self) -> Result<Vec<StoredLabel>, Error> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM label_history ORDER BY id"
-            ))?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {COLUMNS} FROM label_history ORDER BY id"))?;
             let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
         })
@@ -173,13 +226,42 @@ pub(crate) fn labels_after(
     after: i64,
     limit: usize,
 ) -> Result<Vec<StoredLabel>, Error> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
+    let mut stmt = c.prepare_cached(AFTER_SQL)?;
     let rows = stmt
         .query_map(params![after, limit as i64], from_row)?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Borrows one `labels` row (columns in [`COLUMNS`] order) as `(seq, label, sig)` without
+/// copying: the hot paths (stream frames, queryLabels JSON) encode straight from SQLite's
+/// buffers.
+fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8]), Error> {
+    let seq: i64 = r.get(0)?;
+    let corrupt = |what: &str, e: rusqlite::types::FromSqlError| Error::Corrupt {
+        table: "labels",
+        message: format!("seq {seq} {what}: {e}"),
+    };
+    let text = |i: usize, what: &str| -> Result<&'r str, Error> {
+        r.get_ref(i)?.as_str().map_err(|e| corrupt(what, e))
+    };
+    let cid = text(3, "cid")?;
+    let exp = r
+        .get_ref(7)?
+        .as_str_or_null()
+        .map_err(|e| corrupt("exp", e))?;
+    let neg: bool = r.get(5)?;
+    let sig = r.get_ref(8)?.as_blob().map_err(|e| corrupt("sig", e))?;
+    let label = LabelRef {
+        src: text(1, "src")?,
+        uri: text(2, "uri")?,
+        cid: (!cid.is_empty()).then_some(cid),
+        val: text(4, "val")?,
+        neg,
+        cts: text(6, "cts")?,
+        exp,
+    };
+    Ok((seq, label, sig))
 }
 
 /// Appends one `#labels` frame per label with `seq > after` (at most `limit`) to `out`,
@@ -194,38 +276,11 @@ pub fn encode_frames_after(
     out: &mut Vec<u8>,
     ends: &mut Vec<(i64, usize)>,
 ) -> Result<usize, Error> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
+    let mut stmt = c.prepare_cached(AFTER_SQL)?;
     let mut rows = stmt.query(params![after, limit as i64])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let text = |i: usize| -> Result<&str, Error> {
-            r.get_ref(i)?.as_str().map_err(|e| Error::Corrupt {
-                table: "labels",
-                message: format!("seq {seq} column {i}: {e}"),
-            })
-        };
-        let cid = text(3)?;
-        let exp = r.get_ref(7)?.as_str_or_null().map_err(|e| Error::Corrupt {
-            table: "labels",
-            message: format!("seq {seq} exp: {e}"),
-        })?;
-        let neg: bool = r.get(5)?;
-        let sig = r.get_ref(8)?.as_blob().map_err(|e| Error::Corrupt {
-            table: "labels",
-            message: format!("seq {seq} sig: {e}"),
-        })?;
-        let label = LabelRef {
-            src: text(1)?,
-            uri: text(2)?,
-            cid: (!cid.is_empty()).then_some(cid),
-            val: text(4)?,
-            neg,
-            cts: text(6)?,
-            exp,
-        };
+        let (seq, label, sig) = borrow_row(r)?;
         frame::write_label_frame(out, seq, &label, sig);
         ends.push((seq, out.len()));
         n += 1;
@@ -252,60 +307,85 @@ pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
 }
 
 fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
-    // The common case, a relay asking about one DID, gets a fixed, cached statement.
+    let mut out = Vec::new();
+    query_rows(c, q, |r| {
+        out.push(from_row(r)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Runs a queryLabels request on `c`, calling `each` on every matching row in seq order.
+///
+/// Statement shapes are deterministic (one per combination of pattern kinds and source count),
+/// so they are served from the statement cache.
+fn query_rows(
+    c: &Connection,
+    q: &LabelQuery,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // The common case, a relay asking about one DID, gets a fixed statement.
     if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
-        let mut stmt = c.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(params![uri, q.after, q.limit as i64], from_row)?
-            .collect::<Result<_, _>>()?;
-        return Ok(rows);
+        let mut stmt = c.prepare_cached(EXACT_SQL)?;
+        let mut rows = stmt.query(params![uri, q.after, q.limit as i64])?;
+        while let Some(r) = rows.next()? {
+            each(r)?;
+        }
+        return Ok(());
     }
 
+    let limit = q.limit as i64;
+    let mut bounds = Vec::with_capacity(q.patterns.len());
+    for p in &q.patterns {
+        if let UriPattern::Prefix(p) = p {
+            bounds.push(prefix_upper_bound(p));
+        }
+    }
     let mut conds = Vec::new();
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&q.after];
     let mut match_all = false;
+    let mut upper = bounds.iter();
     for p in &q.patterns {
         match p {
             UriPattern::Exact(u) => {
-                args.push(u.clone().into());
+                args.push(u);
                 conds.push(format!("uri = ?{}", args.len()));
             }
-            UriPattern::Prefix(p) => match prefix_upper_bound(p) {
-                None => match_all = true,
-                Some(hi) => {
-                    args.push(p.clone().into());
-                    args.push(hi.into());
+            UriPattern::Prefix(p) => match upper.next() {
+                Some(Some(hi)) => {
+                    args.push(p);
+                    args.push(hi);
                     conds.push(format!(
                         "(uri >= ?{} AND uri < ?{})",
                         args.len() - 1,
                         args.len()
                     ));
                 }
+                // The empty prefix (`*`) has no upper bound: it matches everything.
+                _ => match_all = true,
             },
         }
     }
-    let mut sql = format!("SELECT {COLUMNS} FROM labels WHERE seq > ?{}", args.len() + 1);
-    args.push(q.after.into());
+    let mut sql = format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1");
     if !match_all {
         sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
     }
     if !q.sources.is_empty() {
         let mut marks = Vec::new();
         for s in &q.sources {
-            args.push(s.clone().into());
+            args.push(s);
             marks.push(format!("?{}", args.len()));
         }
         sql.push_str(&format!(" AND src IN ({})", marks.join(", ")));
     }
-    args.push((q.limit as i64).into());
+    args.push(&limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
     let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut rows = stmt.query(args.as_slice())?;
+    while let Some(r) = rows.next()? {
+        each(r)?;
+    }
+    Ok(())
 }
 
 /// Watches the database for commits made by any connection, including other processes

@@ -260,3 +260,95 @@ fn prefix_upper_bounds() {
     assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
     assert_eq!(prefix_upper_bound(""), None);
 }
+
+/// performance.md: rusqlite's statement cache clears bindings when a statement goes back, and
+/// SQLite then re-prepares any statement whose plan looked at a bound value (`LIMIT ?`) on its
+/// next use — halving exact-DID lookup throughput. The read connections enable QPSG to prevent
+/// it; this guards that the hot queryLabels path never re-prepares.
+#[test]
+fn exact_lookups_are_never_re_prepared() {
+    use rusqlite::StatementStatus;
+
+    use super::labels::EXACT_SQL;
+
+    let (_d, store) = temp_store();
+    for i in 0..20 {
+        store
+            .write_labels(&[label(&format!("did:plc:{i}"), "spam", false)])
+            .unwrap();
+    }
+    let exact = |uri: &str| LabelQuery {
+        patterns: vec![UriPattern::Exact(uri.to_owned())],
+        sources: vec![],
+        after: 0,
+        limit: 50,
+    };
+    // One test thread, so the pool hands back the same connection every time.
+    for i in 0..200 {
+        let n = store
+            .visit_labels(&exact(&format!("did:plc:{}", i % 20)), |_, _, _| {})
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(store.query_labels(&exact("did:plc:3")).unwrap().len(), 1);
+    }
+    let (re_prepared, runs) = store
+        .read(|c| {
+            let stmt = c.prepare_cached(EXACT_SQL)?;
+            Ok((
+                stmt.get_status(StatementStatus::RePrepare),
+                stmt.get_status(StatementStatus::Run),
+            ))
+        })
+        .unwrap();
+    assert!(runs >= 400, "the cached statement served the lookups ({runs} runs)");
+    assert_eq!(re_prepared, 0, "exact lookups re-prepared {re_prepared} times");
+
+    // The guard is not vacuous: the same statement on a connection without QPSG re-prepares.
+    let plain = rusqlite::Connection::open(store.path()).unwrap();
+    for _ in 0..10 {
+        let mut stmt = plain.prepare_cached(EXACT_SQL).unwrap();
+        let mut rows = stmt.query(rusqlite::params!["did:plc:3", 0, 50]).unwrap();
+        while rows.next().unwrap().is_some() {}
+    }
+    let stmt = plain.prepare_cached(EXACT_SQL).unwrap();
+    assert!(stmt.get_status(StatementStatus::RePrepare) > 0);
+}
+
+#[test]
+fn visiting_borrows_the_same_rows_that_query_labels_returns() {
+    let (_d, store) = temp_store();
+    for u in ["did:plc:a", "did:plc:b", "at://did:plc:a/x/1"] {
+        store.write_labels(&[label(u, "spam", false)]).unwrap();
+    }
+    store.write_labels(&[label("did:plc:a", "spam", true)]).unwrap();
+    let q = LabelQuery {
+        patterns: vec![UriPattern::Prefix("did:plc:".into())],
+        sources: vec![key().did_key().to_owned()],
+        after: 0,
+        limit: 10,
+    };
+    let owned = store.query_labels(&q).unwrap();
+    let mut seen = Vec::new();
+    store
+        .visit_labels(&q, |seq, l, sig| {
+            seen.push(StoredLabel {
+                seq,
+                signed: SignedLabel {
+                    label: Label {
+                        src: l.src.to_owned(),
+                        uri: l.uri.to_owned(),
+                        cid: l.cid.map(str::to_owned),
+                        val: l.val.to_owned(),
+                        neg: l.neg,
+                        cts: l.cts.to_owned(),
+                        exp: l.exp.map(str::to_owned),
+                    },
+                    sig: sig.try_into().unwrap(),
+                },
+            });
+        })
+        .unwrap();
+    assert_eq!(seen, owned);
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].signed.label.neg, "the negation replaced the original");
+}
