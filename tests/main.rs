@@ -7,3 +7,6 @@
 
 mod common;
 mod vectors;
+mod query_labels;
+mod server;
+mod subscribe_labels;

@@ -23,7 +23,9 @@
 //!   by a timeout, so a misbehaving client cannot hold the server open.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -34,6 +36,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +90,9 @@ pub(crate) async fn subscribe_labels(
         .try_acquire_owned()
         .map_err(|_| XrpcError::TooManySubscribers)?;
     let cursor = parse_cursor(uri.query().unwrap_or(""));
+    // Subscribe before answering: every label published after the client sees the 101 reaches
+    // it, and everything published before is already in SQLite for the backfill to read.
+    let rx = shared.live.subscribe();
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_CLIENT_MESSAGE)
@@ -104,7 +110,7 @@ pub(crate) async fn subscribe_labels(
                 sink,
                 stream,
             };
-            let end = conn.stream_labels(&shared, cursor).await;
+            let end = conn.stream_labels(&shared, rx, cursor).await;
             conn.goodbye(end).await;
         }))
 }
@@ -163,10 +169,12 @@ struct Connection {
 
 impl Connection {
     /// Backfill (when a cursor was given), then live, until something ends the connection.
-    async fn stream_labels(&mut self, shared: &Shared, cursor: Result<Option<i64>, String>) -> End {
-        // Subscribe first: every label published from now on reaches `rx`, and everything
-        // published before is already in SQLite for the backfill to read.
-        let mut rx = shared.live.subscribe();
+    async fn stream_labels(
+        &mut self,
+        shared: &Shared,
+        mut rx: broadcast::Receiver<LiveFrame>,
+        cursor: Result<Option<i64>, String>,
+    ) -> End {
         let cursor = match cursor {
             Ok(c) => c,
             Err(message) => return End::Refused(frame::INVALID_REQUEST, message),
@@ -198,7 +206,7 @@ impl Connection {
     async fn catch_up(
         &mut self,
         shared: &Shared,
-        rx: &mut tokio::sync::broadcast::Receiver<LiveFrame>,
+        rx: &mut broadcast::Receiver<LiveFrame>,
         last_sent: &mut i64,
     ) -> Result<(), End> {
         let mut queued = Vec::new();
@@ -252,7 +260,7 @@ impl Connection {
     /// Streams live frames until the connection ends (always returns `Err`).
     async fn live(
         &mut self,
-        rx: &mut tokio::sync::broadcast::Receiver<LiveFrame>,
+        rx: &mut broadcast::Receiver<LiveFrame>,
         mut last_sent: i64,
         ping_interval: Duration,
     ) -> Result<(), End> {
@@ -300,7 +308,8 @@ impl Connection {
         }
     }
 
-    /// Feeds `frames` and flushes once, within `write_timeout`.
+    /// Feeds `frames` and flushes once. Each write may stall (no room in the socket for the
+    /// next frame) for at most `write_timeout`; a slow but moving consumer is fine.
     async fn write_frames(&mut self, frames: impl Iterator<Item = Bytes>) -> Result<(), End> {
         let Connection {
             sink,
@@ -308,20 +317,22 @@ impl Connection {
             stop,
             write_timeout,
         } = self;
+        let limit = *write_timeout;
         let write = async {
             for f in frames {
-                sink.feed(Message::Binary(f)).await?;
+                stall_limited(sink.feed(Message::Binary(f)), limit).await??;
             }
-            sink.flush().await
+            stall_limited(sink.flush(), limit).await??;
+            Ok::<(), WriteError>(())
         };
-        match drive_on(stream, stop, tokio::time::timeout(*write_timeout, write)).await? {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::PeerGone),
-            Err(_) => Err(End::TooSlow),
+        match drive_on(stream, stop, write).await? {
+            Ok(()) => Ok(()),
+            Err(WriteError::Stalled) => Err(End::TooSlow),
+            Err(WriteError::Closed) => Err(End::PeerGone),
         }
     }
 
-    /// Sends one message within `write_timeout`.
+    /// Sends one message; it may stall for at most `write_timeout`.
     async fn write_message(&mut self, msg: Message) -> Result<(), End> {
         let Connection {
             sink,
@@ -329,13 +340,8 @@ impl Connection {
             stop,
             write_timeout,
         } = self;
-        match drive_on(
-            stream,
-            stop,
-            tokio::time::timeout(*write_timeout, sink.send(msg)),
-        )
-        .await?
-        {
+        let send = stall_limited(sink.send(msg), *write_timeout);
+        match drive_on(stream, stop, send).await? {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::PeerGone),
             Err(_) => Err(End::TooSlow),
@@ -391,6 +397,37 @@ impl Connection {
             Ok::<(), axum::Error>(())
         })
         .await;
+    }
+}
+
+/// Why a write failed.
+#[derive(Debug)]
+enum WriteError {
+    /// No progress within `write_timeout`.
+    Stalled,
+    /// The connection is gone.
+    Closed,
+}
+
+impl From<axum::Error> for WriteError {
+    fn from(_: axum::Error) -> WriteError {
+        WriteError::Closed
+    }
+}
+
+/// Runs a write, failing with [`WriteError::Stalled`] if it waits longer than `limit`. Most
+/// writes only append to tungstenite's buffer and finish on the first poll; only one that has
+/// to wait for the socket arms a timer, which keeps the backfill path free of per-frame timers.
+async fn stall_limited<F>(mut fut: F, limit: Duration) -> Result<F::Output, WriteError>
+where
+    F: Future + Unpin,
+{
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
+    match first {
+        Poll::Ready(out) => Ok(out),
+        Poll::Pending => tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| WriteError::Stalled),
     }
 }
 

@@ -24,3 +24,5 @@ pub fn label_vectors() -> serde_json::Value {
     let text = std::fs::read_to_string(data_path("labels.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+pub mod server;
