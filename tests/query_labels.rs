@@ -193,7 +193,7 @@ async fn sources_filter_on_the_labeler() {
     let (_, mine) = s
         .get_json(&format!("{PATH}?uriPatterns=did:plc:a&sources={ours}"))
         .await;
-    assert_eq!(srcs(mine), [ours]);
+    assert_eq!(srcs(mine), std::slice::from_ref(&ours));
     let (_, both) = s
         .get_json(&format!(
             "{PATH}?uriPatterns=*&sources={theirs}&sources={ours}"
