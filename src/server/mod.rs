@@ -55,6 +55,9 @@ const MAX_BODY: usize = 16 * 1024;
 /// How long shutdown waits for in-flight HTTP requests, and then again for subscribers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How often the metrics recorder's buffers are drained (see [`metrics_upkeep`]).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// Bounds on `poll_interval`: short enough that another process's label reaches subscribers
 /// within a second, long enough not to spin.
 const MIN_POLL: Duration = Duration::from_millis(10);
@@ -216,6 +219,9 @@ impl Server {
             head,
         );
         let feed = tokio::spawn(feed.run(shared.stop.clone()));
+        if let Some(handle) = shared.metrics.clone() {
+            tokio::spawn(metrics_upkeep(handle, shared.stop.clone()));
+        }
 
         let listener = listener.tap_io(|tcp| {
             // Frames and small responses should leave at once, not wait for Nagle.
@@ -260,6 +266,19 @@ impl Server {
             Ok(r) => r.map_err(Error::Serve),
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => Err(Error::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Drains the Prometheus recorder's histogram buffers now and then. `install_recorder` spawns
+/// no upkeep task, and without one (or a scrape) every recorded queryLabels latency would be
+/// kept until the next `/metrics` request.
+async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
         }
     }
 }

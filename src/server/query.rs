@@ -11,8 +11,9 @@
 //!   without one.
 //!
 //! The hot path (a relay asking about one DID) runs its indexed lookup inline on a pooled read
-//! connection and writes JSON straight from SQLite's buffers; anything that may scan (a prefix
-//! pattern, many patterns) runs on the blocking pool so a worker thread never stalls.
+//! connection and writes JSON straight from SQLite's buffers; so does `*` (a page of the table
+//! in seq order). Anything whose cost grows with the data (a prefix pattern, sources, many
+//! patterns) runs on the blocking pool so a worker thread never stalls.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,10 +125,17 @@ fn pattern(p: &str) -> Result<UriPattern, XrpcError> {
     }
 }
 
-/// True when the query is a few index probes: only exact patterns, few of them.
+/// True when the query's cost is bounded by its page size: a few exact subjects (index
+/// probes), or `*` without sources (the table in seq order from the cursor). Anything else may
+/// read thousands of index entries or scan (see `store::labels::query_rows`).
 fn is_cheap(q: &LabelQuery) -> bool {
-    q.patterns.len() <= MAX_INLINE_PATTERNS
-        && q.patterns.iter().all(|p| matches!(p, UriPattern::Exact(_)))
+    let exact = q.patterns.len() <= MAX_INLINE_PATTERNS
+        && q.patterns.iter().all(|p| matches!(p, UriPattern::Exact(_)));
+    let everything = q.sources.is_empty()
+        && q.patterns
+            .iter()
+            .any(|p| matches!(p, UriPattern::Prefix(p) if p.is_empty()));
+    exact || everything
 }
 
 /// Runs the query and writes the response body: `{"labels":[…],"cursor":"<seq>"}`, the

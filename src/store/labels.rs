@@ -1,7 +1,7 @@
 //! Labels: writing signed labels (replacing the current row per key), reading them back by
 //! seq or by subject, and encoding stream frames straight from rows.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, params};
 
 use super::{Error, Store};
 use crate::frame;
@@ -315,10 +315,24 @@ fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Erro
     Ok(out)
 }
 
+/// Most index entries a queryLabels request reads to find its page by subject or source.
+///
+/// Rows are wanted in seq order, but the `uri` and `(src, …)` indexes order them by subject,
+/// so an index plan reads every match to find the lowest seqs: its cost grows with the number
+/// of matches. Scanning the table in seq order and filtering costs about `limit × rows /
+/// matches` instead, which is cheaper for broad patterns. A capped count of the matches picks
+/// the plan; the two costs cross near `sqrt(limit × rows)`, a few thousand at a million labels.
+const INDEX_PLAN_CAP: i64 = 4000;
+
 /// Runs a queryLabels request on `c`, calling `each` on every matching row in seq order.
 ///
-/// Statement shapes are deterministic (one per combination of pattern kinds and source count),
-/// so they are served from the statement cache.
+/// Plans (statement shapes are deterministic, so they come from the statement cache):
+/// - one exact subject, no sources: [`EXACT_SQL`], a `(uri, seq)` index range;
+/// - exact subjects only: `uri IN (…)` on the `uri` index, sorted by seq;
+/// - `*` without sources: the table in seq order from the cursor;
+/// - prefixes, or `*` with sources: the index plan (seqs from a covering index, then the
+///   rows) when fewer than [`INDEX_PLAN_CAP`] rows match, else the seq-order scan with the
+///   patterns as filters (`+` keeps SQLite from choosing an index for them).
 fn query_rows(
     c: &Connection,
     q: &LabelQuery,
@@ -335,49 +349,63 @@ fn query_rows(
     }
 
     let limit = q.limit as i64;
-    let mut bounds = Vec::with_capacity(q.patterns.len());
-    for p in &q.patterns {
-        if let UriPattern::Prefix(p) = p {
-            bounds.push(prefix_upper_bound(p));
+    let match_all = q
+        .patterns
+        .iter()
+        .any(|p| matches!(p, UriPattern::Prefix(p) if p.is_empty()));
+    let all_exact = q.patterns.iter().all(|p| matches!(p, UriPattern::Exact(_)));
+    let bounds: Vec<Option<String>> = q
+        .patterns
+        .iter()
+        .map(|p| match p {
+            UriPattern::Prefix(p) => prefix_upper_bound(p),
+            UriPattern::Exact(_) => None,
+        })
+        .collect();
+
+    // ?1 is the cursor; the rest are numbered as they are pushed.
+    let mut args: Vec<&dyn ToSql> = vec![&q.after];
+    let sql = if all_exact {
+        let uris = q.patterns.iter().map(|p| match p {
+            UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
+        });
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND uri IN ({})",
+            push_marks(&mut args, uris)
+        );
+        if !q.sources.is_empty() {
+            let srcs = q.sources.iter().map(|s| s as &dyn ToSql);
+            sql.push_str(&format!(" AND +src IN ({})", push_marks(&mut args, srcs)));
         }
-    }
-    let mut conds = Vec::new();
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&q.after];
-    let mut match_all = false;
-    let mut upper = bounds.iter();
-    for p in &q.patterns {
-        match p {
-            UriPattern::Exact(u) => {
-                args.push(u);
-                conds.push(format!("uri = ?{}", args.len()));
-            }
-            UriPattern::Prefix(p) => match upper.next() {
-                Some(Some(hi)) => {
-                    args.push(p);
-                    args.push(hi);
-                    conds.push(format!(
-                        "(uri >= ?{} AND uri < ?{})",
-                        args.len() - 1,
-                        args.len()
-                    ));
-                }
-                // The empty prefix (`*`) has no upper bound: it matches everything.
-                _ => match_all = true,
-            },
+        sql
+    } else if match_all && q.sources.is_empty() {
+        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1")
+    } else {
+        let narrow = if match_all {
+            count_sources(c, &q.sources)? < INDEX_PLAN_CAP
+        } else {
+            count_patterns(c, &q.patterns, &bounds)? < INDEX_PLAN_CAP
+        };
+        if narrow {
+            let index = if match_all {
+                "labels_key"
+            } else {
+                "labels_uri"
+            };
+            let f = filter(&mut args, q, &bounds, match_all, "");
+            args.push(&limit);
+            let sub = format!(
+                "SELECT seq FROM labels INDEXED BY {index} WHERE seq > ?1{f} \
+                 ORDER BY seq LIMIT ?{}",
+                args.len()
+            );
+            format!("SELECT {COLUMNS} FROM labels WHERE seq IN ({sub})")
+        } else {
+            let f = filter(&mut args, q, &bounds, match_all, "+");
+            format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
         }
-    }
-    let mut sql = format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1");
-    if !match_all {
-        sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
-    }
-    if !q.sources.is_empty() {
-        let mut marks = Vec::new();
-        for s in &q.sources {
-            args.push(s);
-            marks.push(format!("?{}", args.len()));
-        }
-        sql.push_str(&format!(" AND src IN ({})", marks.join(", ")));
-    }
+    };
+    let mut sql = sql;
     args.push(&limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
     let mut stmt = c.prepare_cached(&sql)?;
@@ -386,6 +414,112 @@ fn query_rows(
         each(r)?;
     }
     Ok(())
+}
+
+/// Pushes `values` as parameters and returns their placeholders (`?4, ?5`).
+fn push_marks<'a>(
+    args: &mut Vec<&'a dyn ToSql>,
+    values: impl IntoIterator<Item = &'a dyn ToSql>,
+) -> String {
+    let mut marks = Vec::new();
+    for v in values {
+        args.push(v);
+        marks.push(format!("?{}", args.len()));
+    }
+    marks.join(", ")
+}
+
+/// The subject and source conditions of a query (` AND (…) AND src IN (…)`), with `plus`
+/// (`"+"` or `""`) in front of every column so the scan plan can keep SQLite off the indexes.
+fn filter<'a>(
+    args: &mut Vec<&'a dyn ToSql>,
+    q: &'a LabelQuery,
+    bounds: &'a [Option<String>],
+    match_all: bool,
+    plus: &str,
+) -> String {
+    let mut conds = Vec::new();
+    if !match_all {
+        for (p, hi) in q.patterns.iter().zip(bounds) {
+            match (p, hi) {
+                (UriPattern::Exact(u), _) => {
+                    args.push(u);
+                    conds.push(format!("{plus}uri = ?{}", args.len()));
+                }
+                (UriPattern::Prefix(lo), Some(hi)) => {
+                    args.push(lo);
+                    args.push(hi);
+                    conds.push(format!(
+                        "({plus}uri >= ?{} AND {plus}uri < ?{})",
+                        args.len() - 1,
+                        args.len()
+                    ));
+                }
+                // Only the empty prefix has no upper bound, and then `match_all` is set.
+                (UriPattern::Prefix(_), None) => {}
+            }
+        }
+    }
+    let mut sql = String::new();
+    if !conds.is_empty() {
+        sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
+    }
+    if !q.sources.is_empty() {
+        let srcs = q.sources.iter().map(|s| s as &dyn ToSql);
+        sql.push_str(&format!(" AND {plus}src IN ({})", push_marks(args, srcs)));
+    }
+    sql
+}
+
+/// How many rows match the subject patterns, counted on the `uri` index up to
+/// [`INDEX_PLAN_CAP`].
+fn count_patterns(
+    c: &Connection,
+    patterns: &[UriPattern],
+    bounds: &[Option<String>],
+) -> Result<i64, Error> {
+    let mut total = 0;
+    for (p, hi) in patterns.iter().zip(bounds) {
+        let left = INDEX_PLAN_CAP - total;
+        if left <= 0 {
+            break;
+        }
+        total += match (p, hi) {
+            (UriPattern::Exact(u), _) => c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
+                     WHERE uri = ?1 LIMIT ?2)",
+                )?
+                .query_row(params![u, left], |r| r.get::<_, i64>(0))?,
+            (UriPattern::Prefix(lo), Some(hi)) => c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
+                     WHERE uri >= ?1 AND uri < ?2 LIMIT ?3)",
+                )?
+                .query_row(params![lo, hi, left], |r| r.get::<_, i64>(0))?,
+            (UriPattern::Prefix(_), None) => left,
+        };
+    }
+    Ok(total)
+}
+
+/// How many rows come from `sources`, counted on the `(src, …)` index up to
+/// [`INDEX_PLAN_CAP`].
+fn count_sources(c: &Connection, sources: &[String]) -> Result<i64, Error> {
+    let mut total = 0;
+    for s in sources {
+        let left = INDEX_PLAN_CAP - total;
+        if left <= 0 {
+            break;
+        }
+        total += c
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_key \
+                 WHERE src = ?1 LIMIT ?2)",
+            )?
+            .query_row(params![s, left], |r| r.get::<_, i64>(0))?;
+    }
+    Ok(total)
 }
 
 /// Watches the database for commits made by any connection, including other processes
