@@ -375,7 +375,7 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
             let uri = match i % 10 {
                 0 => format!("at://did:plc:r{}/email.atmos.attestation/{i}", x % 50),
                 1 => format!("did:web:h{}.example", x % 100),
-                _ => format!("did:plc:{:016x}", x),
+                _ => format!("did:plc:{x:016x}"),
             };
             let src = if i % 97 == 0 { &theirs } else { &ours };
             tx.execute(
@@ -408,7 +408,7 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
         ),
         (
             vec![UriPattern::Exact("did:web:h5.example".into())],
-            vec![ours.clone(), theirs.clone()],
+            vec![ours.clone(), theirs],
         ),
         (
             vec![
@@ -423,7 +423,7 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
                 UriPattern::Prefix("at://".into()),
                 UriPattern::Prefix("did:web:".into()),
             ],
-            vec![ours.clone()],
+            vec![ours],
         ),
     ];
     for (patterns, sources) in cases {
