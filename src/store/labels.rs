@@ -1,14 +1,24 @@
 //! Labels: writing signed labels (replacing the current row per key), reading them back by
 //! seq or by subject, and encoding stream frames straight from rows.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, params};
 
 use super::{Error, Store};
 use crate::frame;
 use crate::label::{Label, LabelRef, SignedLabel};
 
-/// Columns in the order [`from_row`] reads them.
+/// Columns in the order [`from_row`] and [`borrow_row`] read them.
 const COLUMNS: &str = "seq, src, uri, cid, val, neg, cts, exp, sig";
+
+/// Current labels after a seq, in seq order: backfill pages and the live feed.
+const AFTER_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig FROM labels \
+     WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+/// The hot queryLabels statement: one exact subject, no `sources` filter. Served from the
+/// statement cache; the read connections' QPSG keeps it from being re-prepared on every use
+/// (`performance.md`; `exact_lookups_are_never_re_prepared` guards it).
+pub(crate) const EXACT_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig \
+     FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 /// A label as stored: its seq and the signed label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +186,29 @@ impl Store {
         self.read(|c| query_labels(c, q))
     }
 
+    /// Runs a queryLabels request, handing each row to `each` as borrowed `(seq, label, sig)`
+    /// in seq order, and returns how many rows matched. This is the allocation-free form of
+    /// [`Store::query_labels`] that the server encodes JSON from.
+    ///
+    /// Runs inline on a pooled read connection: an indexed lookup takes microseconds, less
+    /// than a hop to the blocking pool would cost.
+    pub fn visit_labels(
+        &self,
+        q: &LabelQuery,
+        mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+    ) -> Result<usize, Error> {
+        self.read(|c| {
+            let mut n = 0;
+            query_rows(c, q, |r| {
+                let (seq, label, sig) = borrow_row(r)?;
+                each(seq, &label, sig);
+                n += 1;
+                Ok(())
+            })?;
+            Ok(n)
+        })
+    }
+
     /// Every label ever written (the append-only history), in commit order.
     pub fn label_history(&self) -> Result<Vec<StoredLabel>, Error> {
         self.read(|c| {
@@ -193,13 +226,42 @@ pub(crate) fn labels_after(
     after: i64,
     limit: usize,
 ) -> Result<Vec<StoredLabel>, Error> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
+    let mut stmt = c.prepare_cached(AFTER_SQL)?;
     let rows = stmt
         .query_map(params![after, limit as i64], from_row)?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Borrows one `labels` row (columns in [`COLUMNS`] order) as `(seq, label, sig)` without
+/// copying: the hot paths (stream frames, queryLabels JSON) encode straight from SQLite's
+/// buffers.
+fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8]), Error> {
+    let seq: i64 = r.get(0)?;
+    let corrupt = |what: &str, e: rusqlite::types::FromSqlError| Error::Corrupt {
+        table: "labels",
+        message: format!("seq {seq} {what}: {e}"),
+    };
+    let text = |i: usize, what: &str| -> Result<&'r str, Error> {
+        r.get_ref(i)?.as_str().map_err(|e| corrupt(what, e))
+    };
+    let cid = text(3, "cid")?;
+    let exp = r
+        .get_ref(7)?
+        .as_str_or_null()
+        .map_err(|e| corrupt("exp", e))?;
+    let neg: bool = r.get(5)?;
+    let sig = r.get_ref(8)?.as_blob().map_err(|e| corrupt("sig", e))?;
+    let label = LabelRef {
+        src: text(1, "src")?,
+        uri: text(2, "uri")?,
+        cid: (!cid.is_empty()).then_some(cid),
+        val: text(4, "val")?,
+        neg,
+        cts: text(6, "cts")?,
+        exp,
+    };
+    Ok((seq, label, sig))
 }
 
 /// Appends one `#labels` frame per label with `seq > after` (at most `limit`) to `out`,
@@ -214,38 +276,11 @@ pub fn encode_frames_after(
     out: &mut Vec<u8>,
     ends: &mut Vec<(i64, usize)>,
 ) -> Result<usize, Error> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
+    let mut stmt = c.prepare_cached(AFTER_SQL)?;
     let mut rows = stmt.query(params![after, limit as i64])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let text = |i: usize| -> Result<&str, Error> {
-            r.get_ref(i)?.as_str().map_err(|e| Error::Corrupt {
-                table: "labels",
-                message: format!("seq {seq} column {i}: {e}"),
-            })
-        };
-        let cid = text(3)?;
-        let exp = r.get_ref(7)?.as_str_or_null().map_err(|e| Error::Corrupt {
-            table: "labels",
-            message: format!("seq {seq} exp: {e}"),
-        })?;
-        let neg: bool = r.get(5)?;
-        let sig = r.get_ref(8)?.as_blob().map_err(|e| Error::Corrupt {
-            table: "labels",
-            message: format!("seq {seq} sig: {e}"),
-        })?;
-        let label = LabelRef {
-            src: text(1)?,
-            uri: text(2)?,
-            cid: (!cid.is_empty()).then_some(cid),
-            val: text(4)?,
-            neg,
-            cts: text(6)?,
-            exp,
-        };
+        let (seq, label, sig) = borrow_row(r)?;
         frame::write_label_frame(out, seq, &label, sig);
         ends.push((seq, out.len()));
         n += 1;
@@ -272,63 +307,219 @@ pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
 }
 
 fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
-    // The common case, a relay asking about one DID, gets a fixed, cached statement.
+    let mut out = Vec::new();
+    query_rows(c, q, |r| {
+        out.push(from_row(r)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Most index entries a queryLabels request reads to find its page by subject or source.
+///
+/// Rows are wanted in seq order, but the `uri` and `(src, …)` indexes order them by subject,
+/// so an index plan reads every match to find the lowest seqs: its cost grows with the number
+/// of matches. Scanning the table in seq order and filtering costs about `limit × rows /
+/// matches` instead, which is cheaper for broad patterns. A capped count of the matches picks
+/// the plan; the two costs cross near `sqrt(limit × rows)`, a few thousand at a million labels.
+const INDEX_PLAN_CAP: i64 = 4000;
+
+/// Runs a queryLabels request on `c`, calling `each` on every matching row in seq order.
+///
+/// Plans (statement shapes are deterministic, so they come from the statement cache):
+/// - one exact subject, no sources: [`EXACT_SQL`], a `(uri, seq)` index range;
+/// - exact subjects only: `uri IN (…)` on the `uri` index, sorted by seq;
+/// - `*` without sources: the table in seq order from the cursor;
+/// - prefixes, or `*` with sources: the index plan (seqs from a covering index, then the
+///   rows) when fewer than [`INDEX_PLAN_CAP`] rows match, else the seq-order scan with the
+///   patterns as filters (`+` keeps SQLite from choosing an index for them).
+fn query_rows(
+    c: &Connection,
+    q: &LabelQuery,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    // The common case, a relay asking about one DID, gets a fixed statement.
     if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
-        let mut stmt = c.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-        ))?;
-        let rows = stmt
-            .query_map(params![uri, q.after, q.limit as i64], from_row)?
-            .collect::<Result<_, _>>()?;
-        return Ok(rows);
+        let mut stmt = c.prepare_cached(EXACT_SQL)?;
+        let mut rows = stmt.query(params![uri, q.after, q.limit as i64])?;
+        while let Some(r) = rows.next()? {
+            each(r)?;
+        }
+        return Ok(());
     }
 
+    let limit = q.limit as i64;
+    let match_all = q
+        .patterns
+        .iter()
+        .any(|p| matches!(p, UriPattern::Prefix(p) if p.is_empty()));
+    let all_exact = q.patterns.iter().all(|p| matches!(p, UriPattern::Exact(_)));
+    let bounds: Vec<Option<String>> = q
+        .patterns
+        .iter()
+        .map(|p| match p {
+            UriPattern::Prefix(p) => prefix_upper_bound(p),
+            UriPattern::Exact(_) => None,
+        })
+        .collect();
+
+    // ?1 is the cursor; the rest are numbered as they are pushed.
+    let mut args: Vec<&dyn ToSql> = vec![&q.after];
+    let sql = if all_exact {
+        let uris = q.patterns.iter().map(|p| match p {
+            UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
+        });
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND uri IN ({})",
+            push_marks(&mut args, uris)
+        );
+        if !q.sources.is_empty() {
+            let srcs = q.sources.iter().map(|s| s as &dyn ToSql);
+            sql.push_str(&format!(" AND +src IN ({})", push_marks(&mut args, srcs)));
+        }
+        sql
+    } else if match_all && q.sources.is_empty() {
+        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1")
+    } else {
+        let narrow = if match_all {
+            count_sources(c, &q.sources)? < INDEX_PLAN_CAP
+        } else {
+            count_patterns(c, &q.patterns, &bounds)? < INDEX_PLAN_CAP
+        };
+        if narrow {
+            let index = if match_all {
+                "labels_key"
+            } else {
+                "labels_uri"
+            };
+            let f = filter(&mut args, q, &bounds, match_all, "");
+            args.push(&limit);
+            let sub = format!(
+                "SELECT seq FROM labels INDEXED BY {index} WHERE seq > ?1{f} \
+                 ORDER BY seq LIMIT ?{}",
+                args.len()
+            );
+            format!("SELECT {COLUMNS} FROM labels WHERE seq IN ({sub})")
+        } else {
+            let f = filter(&mut args, q, &bounds, match_all, "+");
+            format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
+        }
+    };
+    let mut sql = sql;
+    args.push(&limit);
+    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(args.as_slice())?;
+    while let Some(r) = rows.next()? {
+        each(r)?;
+    }
+    Ok(())
+}
+
+/// Pushes `values` as parameters and returns their placeholders (`?4, ?5`).
+fn push_marks<'a>(
+    args: &mut Vec<&'a dyn ToSql>,
+    values: impl IntoIterator<Item = &'a dyn ToSql>,
+) -> String {
+    let mut marks = Vec::new();
+    for v in values {
+        args.push(v);
+        marks.push(format!("?{}", args.len()));
+    }
+    marks.join(", ")
+}
+
+/// The subject and source conditions of a query (` AND (…) AND src IN (…)`), with `plus`
+/// (`"+"` or `""`) in front of every column so the scan plan can keep SQLite off the indexes.
+fn filter<'a>(
+    args: &mut Vec<&'a dyn ToSql>,
+    q: &'a LabelQuery,
+    bounds: &'a [Option<String>],
+    match_all: bool,
+    plus: &str,
+) -> String {
     let mut conds = Vec::new();
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let mut match_all = false;
-    for p in &q.patterns {
-        match p {
-            UriPattern::Exact(u) => {
-                args.push(u.clone().into());
-                conds.push(format!("uri = ?{}", args.len()));
-            }
-            UriPattern::Prefix(p) => match prefix_upper_bound(p) {
-                None => match_all = true,
-                Some(hi) => {
-                    args.push(p.clone().into());
-                    args.push(hi.into());
+    if !match_all {
+        for (p, hi) in q.patterns.iter().zip(bounds) {
+            match (p, hi) {
+                (UriPattern::Exact(u), _) => {
+                    args.push(u);
+                    conds.push(format!("{plus}uri = ?{}", args.len()));
+                }
+                (UriPattern::Prefix(lo), Some(hi)) => {
+                    args.push(lo);
+                    args.push(hi);
                     conds.push(format!(
-                        "(uri >= ?{} AND uri < ?{})",
+                        "({plus}uri >= ?{} AND {plus}uri < ?{})",
                         args.len() - 1,
                         args.len()
                     ));
                 }
-            },
+                // Only the empty prefix has no upper bound, and then `match_all` is set.
+                (UriPattern::Prefix(_), None) => {}
+            }
         }
     }
-    let mut sql = format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?{}",
-        args.len() + 1
-    );
-    args.push(q.after.into());
-    if !match_all {
+    let mut sql = String::new();
+    if !conds.is_empty() {
         sql.push_str(&format!(" AND ({})", conds.join(" OR ")));
     }
     if !q.sources.is_empty() {
-        let mut marks = Vec::new();
-        for s in &q.sources {
-            args.push(s.clone().into());
-            marks.push(format!("?{}", args.len()));
-        }
-        sql.push_str(&format!(" AND src IN ({})", marks.join(", ")));
+        let srcs = q.sources.iter().map(|s| s as &dyn ToSql);
+        sql.push_str(&format!(" AND {plus}src IN ({})", push_marks(args, srcs)));
     }
-    args.push((q.limit as i64).into());
-    sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
-    let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    sql
+}
+
+/// How many rows match the subject patterns, counted on the `uri` index up to
+/// [`INDEX_PLAN_CAP`].
+fn count_patterns(
+    c: &Connection,
+    patterns: &[UriPattern],
+    bounds: &[Option<String>],
+) -> Result<i64, Error> {
+    let mut total = 0;
+    for (p, hi) in patterns.iter().zip(bounds) {
+        let left = INDEX_PLAN_CAP - total;
+        if left <= 0 {
+            break;
+        }
+        total += match (p, hi) {
+            (UriPattern::Exact(u), _) => c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
+                     WHERE uri = ?1 LIMIT ?2)",
+                )?
+                .query_row(params![u, left], |r| r.get::<_, i64>(0))?,
+            (UriPattern::Prefix(lo), Some(hi)) => c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
+                     WHERE uri >= ?1 AND uri < ?2 LIMIT ?3)",
+                )?
+                .query_row(params![lo, hi, left], |r| r.get::<_, i64>(0))?,
+            (UriPattern::Prefix(_), None) => left,
+        };
+    }
+    Ok(total)
+}
+
+/// How many rows come from `sources`, counted on the `(src, …)` index up to
+/// [`INDEX_PLAN_CAP`].
+fn count_sources(c: &Connection, sources: &[String]) -> Result<i64, Error> {
+    let mut total = 0;
+    for s in sources {
+        let left = INDEX_PLAN_CAP - total;
+        if left <= 0 {
+            break;
+        }
+        total += c
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_key \
+                 WHERE src = ?1 LIMIT ?2)",
+            )?
+            .query_row(params![s, left], |r| r.get::<_, i64>(0))?;
+    }
+    Ok(total)
 }
 
 /// Watches the database for commits made by any connection, including other processes

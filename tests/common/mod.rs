@@ -47,3 +47,4 @@ where
 }
 pub mod dns;
 pub mod plc;
+pub mod server;

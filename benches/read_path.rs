@@ -1,0 +1,553 @@
+//! Read-path benchmark of the XRPC server (results in BENCHMARKS.md, "Read path").
+//!
+//! ```text
+//! cargo bench --bench read_path                      # 3 runs at 1,000,000 labels
+//! cargo bench --bench read_path -- --runs 1 --duration 5 --phases exact,backfill1
+//! ```
+//!
+//! It seeds (once, cached under `target/tmp/read_path/`) a database of N labels on random
+//! `did:plc:` DIDs with real signatures, then for every run and phase starts the server as a
+//! child process of this binary (`--serve <db>`, the production `Server::run` with metrics
+//! installed), drives it over 127.0.0.1, and reads the child's CPU time and peak RSS
+//! (`VmHWM`) from `/proc` before stopping it:
+//!
+//! - `exact`: `wrk -t2 -c64 --latency`, each request a uniformly random DID of the N
+//!   (`uriPatterns=<did>`), after a 3 s warm-up;
+//! - `prefix`: the same with `uriPatterns=did:plc:<2 random base32 chars>*` — about N/1024
+//!   matches, 50 returned in seq order (a full page);
+//! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body into owned
+//!   structs with `serde_ipld_dagcbor` and checks that seq strictly increases, N frames;
+//! - `backfill100`: 100 such clients at once, each from `cursor = N - sub_labels`.
+//!
+//! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
+//! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all four). Needs `wrk` on PATH for
+//! the HTTP phases (`apt-get install -y wrk`); they are skipped with a note without it.
+
+#![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use atmos_labeler::keys::SigningKey;
+use atmos_labeler::label::{Label, RELAY_MEMBER, SignedLabel, VERIFIED_MAIL_OPERATOR};
+use atmos_labeler::server::{Options, Server};
+use atmos_labeler::store::Store;
+use futures_util::StreamExt;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A fixed test key (the shared vectors' first key): labels are really signed.
+const KEY_HEX: &str = "9085d2bef69286a6cbb51623c8fa258629945cd55ca705cc4e66700396894e0c";
+
+/// Every DID is `did:plc:` + 24 base32 characters.
+const DID_LEN: usize = 32;
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+struct Args {
+    labels: usize,
+    runs: usize,
+    duration: u64,
+    subscribers: usize,
+    sub_labels: usize,
+    phases: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--serve") {
+        return serve(Path::new(
+            argv.get(1).context("--serve needs a database path")?,
+        ));
+    }
+    drive(&parse_args(&argv)?)
+}
+
+fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args {
+        labels: 1_000_000,
+        runs: 3,
+        duration: 10,
+        subscribers: 100,
+        sub_labels: 200_000,
+        phases: ["exact", "prefix", "backfill1", "backfill100"]
+            .map(str::to_owned)
+            .to_vec(),
+    };
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().context("missing value");
+        match arg.as_str() {
+            "--labels" => a.labels = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            "--duration" => a.duration = value()?.parse()?,
+            "--subscribers" => a.subscribers = value()?.parse()?,
+            "--sub-labels" => a.sub_labels = value()?.parse()?,
+            "--phases" => a.phases = value()?.split(',').map(str::to_owned).collect(),
+            // `cargo bench` passes `--bench`; ignore anything else too.
+            _ => {}
+        }
+    }
+    a.sub_labels = a.sub_labels.min(a.labels);
+    Ok(a)
+}
+
+/// Child mode: the production server on 127.0.0.1:0 until stdin closes.
+fn serve(db: &Path) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let metrics = atmos_labeler::telemetry::metrics_handle();
+        let store = Store::open(db)?;
+        let key = SigningKey::from_hex(KEY_HEX).context("key")?;
+        let options = Options {
+            labeler_did: key.did_key().to_owned(),
+            label_key_multikey: key.multikey().to_owned(),
+            ..Options::default()
+        };
+        let server = Server::new(store, options, Some(metrics));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("PORT {}", listener.local_addr()?.port());
+        std::io::stdout().flush()?;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1];
+            let _ = std::io::stdin().read(&mut buf);
+            stop.cancel();
+        });
+        server.run(listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// The server child.
+struct ServerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl ServerProcess {
+    fn start(db: &Path) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .context("server did not report its port")?
+            .parse()?;
+        Ok(ServerProcess { child, port })
+    }
+
+    /// (CPU seconds used, peak RSS in MiB) so far.
+    fn usage(&self) -> anyhow::Result<(f64, f64)> {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let hwm_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .context("VmHWM")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok((ticks / 100.0, hwm_kb / 1024.0))
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        bail!("server did not stop within 10 s of its stdin closing")
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    /// Requests or labels per second.
+    rate: f64,
+    /// wrk p50 and p99 in ms (HTTP phases).
+    p50: f64,
+    p99: f64,
+    /// Server CPU µs per request or label.
+    cpu_us: f64,
+    /// Server peak RSS in MiB.
+    hwm: f64,
+    /// Wall seconds.
+    secs: f64,
+}
+
+fn drive(a: &Args) -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("read_path");
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join(format!("labels-{}.db", a.labels));
+    let dids = dir.join(format!("dids-{}.bin", a.labels));
+    if !db.exists() || !dids.exists() {
+        seed(&db, &dids, a.labels)?;
+    }
+    let exact_lua = dir.join("exact.lua");
+    let prefix_lua = dir.join("prefix.lua");
+    std::fs::write(&exact_lua, EXACT_LUA)?;
+    std::fs::write(&prefix_lua, PREFIX_LUA)?;
+    let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
+
+    println!("{}", machine_notes());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
+    for run in 1..=a.runs {
+        for phase in &a.phases {
+            let sample = match phase.as_str() {
+                "exact" | "prefix" if !have_wrk => {
+                    println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
+                    continue;
+                }
+                "exact" => wrk_phase(&db, &exact_lua, &dids, a.duration)?,
+                "prefix" => wrk_phase(&db, &prefix_lua, &dids, a.duration)?,
+                "backfill1" => rt.block_on(backfill_phase(&db, 1, a.labels, a.labels))?,
+                "backfill100" => {
+                    rt.block_on(backfill_phase(&db, a.subscribers, a.labels, a.sub_labels))?
+                }
+                other => bail!("unknown phase {other}"),
+            };
+            println!(
+                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  VmHWM {:>6.1} MiB  {:>6.2} s",
+                sample.rate, sample.p50, sample.p99, sample.cpu_us, sample.hwm, sample.secs
+            );
+            match results.iter_mut().find(|(p, _)| p == phase) {
+                Some((_, v)) => v.push(sample),
+                None => results.push((phase.clone(), vec![sample])),
+            }
+        }
+    }
+    println!(
+        "\nsummary ({} labels, {} run(s)): median (min–max)",
+        a.labels, a.runs
+    );
+    println!("| phase | rate/s | p50 ms | p99 ms | server µs CPU each | server VmHWM MiB |");
+    println!("|---|---|---|---|---|---|");
+    for (phase, samples) in &results {
+        let col = |f: fn(&Sample) -> f64, prec: usize| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            format!(
+                "{:.prec$} ({:.prec$}–{:.prec$})",
+                v[v.len() / 2],
+                v[0],
+                v[v.len() - 1]
+            )
+        };
+        println!(
+            "| {phase} | {} | {} | {} | {} | {} |",
+            col(|s| s.rate, 0),
+            col(|s| s.p50, 2),
+            col(|s| s.p99, 2),
+            col(|s| s.cpu_us, 2),
+            col(|s| s.hwm, 1),
+        );
+    }
+    Ok(())
+}
+
+fn machine_notes() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "machine: {} CPUs ({cpu}); load average at start: {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.trim()
+    )
+}
+
+/// Writes `n` signed labels on random DIDs (seeded RNG: the same data every time), and the
+/// DIDs back to back in `dids` for wrk.
+fn seed(db: &Path, dids: &Path, n: usize) -> anyhow::Result<()> {
+    println!("seeding {n} labels into {} (once; cached)", db.display());
+    let started = Instant::now();
+    let tmp = db.with_extension("tmp");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x1abe1);
+    let mut all = Vec::with_capacity(n * DID_LEN);
+    let subjects: Vec<String> = (0..n)
+        .map(|_| {
+            let mut did = String::with_capacity(DID_LEN);
+            did.push_str("did:plc:");
+            for _ in 0..24 {
+                did.push(BASE32[rng.random_range(0..32)] as char);
+            }
+            all.extend_from_slice(did.as_bytes());
+            did
+        })
+        .collect();
+    let key = SigningKey::from_hex(KEY_HEX).context("key")?;
+    let cts = "2026-11-23T00:00:00.000Z";
+    let sign = |range: std::ops::Range<usize>| -> Vec<SignedLabel> {
+        range
+            .map(|i| {
+                Label {
+                    src: key.did_key().to_owned(),
+                    uri: subjects[i].clone(),
+                    cid: None,
+                    val: if i % 4 == 3 {
+                        RELAY_MEMBER
+                    } else {
+                        VERIFIED_MAIL_OPERATOR
+                    }
+                    .to_owned(),
+                    neg: false,
+                    cts: cts.to_owned(),
+                    exp: None,
+                }
+                .sign(&key)
+            })
+            .collect()
+    };
+    let labels = std::thread::scope(|s| {
+        let half = s.spawn(|| sign(0..n / 2));
+        let mut second = sign(n / 2..n);
+        let mut labels = half.join().unwrap();
+        labels.append(&mut second);
+        labels
+    });
+    println!("  signed in {:.1} s", started.elapsed().as_secs_f64());
+    let store = Store::open(&tmp)?;
+    for chunk in labels.chunks(10_000) {
+        store.write_labels(chunk)?;
+    }
+    // Closing the last connection checkpoints the WAL into the file and removes it.
+    drop(store);
+    if Path::new(&format!("{}-wal", tmp.display())).exists() {
+        bail!("the WAL of {} was not checkpointed", tmp.display());
+    }
+    std::fs::rename(&tmp, db)?;
+    std::fs::write(dids, all)?;
+    println!("  done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+const EXACT_LUA: &str = r#"
+local f = assert(io.open(os.getenv("DIDS_FILE"), "rb"))
+local blob = f:read("*a")
+f:close()
+local n = #blob / 32
+local t = 0
+function setup(thread)
+  t = t + 1
+  thread:set("tid", t)
+end
+function init(args)
+  math.randomseed(os.time() * 7 + (tid or 0))
+end
+function request()
+  local i = math.random(0, n - 1)
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32))
+end
+"#;
+
+const PREFIX_LUA: &str = r#"
+local alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+local t = 0
+function setup(thread)
+  t = t + 1
+  thread:set("tid", t)
+end
+function init(args)
+  math.randomseed(os.time() * 7 + (tid or 0))
+end
+function request()
+  local a = math.random(1, 32)
+  local b = math.random(1, 32)
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=50&uriPatterns=did:plc:" .. alphabet:sub(a, a) .. alphabet:sub(b, b) .. "*")
+end
+"#;
+
+/// Runs wrk against a fresh server: 3 s warm-up, then `duration` seconds measured.
+fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Result<Sample> {
+    let server = ServerProcess::start(db)?;
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let wrk = |secs: u64| -> anyhow::Result<String> {
+        let out = Command::new("wrk")
+            .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", "-s"])
+            .arg(script)
+            .arg(&url)
+            .env("DIDS_FILE", dids)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wrk(3)?;
+    let (cpu0, _) = server.usage()?;
+    let started = Instant::now();
+    let out = wrk(duration)?;
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu1, hwm) = server.usage()?;
+    server.stop()?;
+    let requests: f64 = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("wrk request count")?
+        .parse()?;
+    let non_2xx = out
+        .lines()
+        .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"));
+    if non_2xx {
+        println!("wrk reported errors:\n{out}");
+    }
+    let rate: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("wrk Requests/sec")?
+        .trim()
+        .parse()?;
+    let pct = |p: &str| -> anyhow::Result<f64> {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(p))
+            .context("wrk latency distribution")?;
+        parse_ms(line.split_whitespace().nth(1).context("latency")?)
+    };
+    Ok(Sample {
+        rate,
+        p50: pct("50%")?,
+        p99: pct("99%")?,
+        cpu_us: (cpu1 - cpu0) * 1e6 / requests,
+        hwm,
+        secs,
+    })
+}
+
+/// wrk latency (`812.00us`, `1.23ms`, `1.02s`) in ms.
+fn parse_ms(s: &str) -> anyhow::Result<f64> {
+    Ok(if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>()? / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse()?
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>()? * 1000.0
+    } else {
+        bail!("unknown latency unit in {s:?}")
+    })
+}
+
+#[derive(Deserialize)]
+struct Header {
+    op: i64,
+    t: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    seq: i64,
+    labels: Vec<WireLabel>,
+}
+
+/// Owned decode of every field, as a consumer would.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct WireLabel {
+    ver: i64,
+    src: String,
+    uri: String,
+    cid: Option<String>,
+    val: String,
+    neg: Option<bool>,
+    cts: String,
+    exp: Option<String>,
+    sig: serde_bytes::ByteBuf,
+}
+
+/// `clients` decoding subscribers at once, each from `cursor = total - each` expecting `each`
+/// frames, against a fresh server.
+async fn backfill_phase(
+    db: &Path,
+    clients: usize,
+    total: usize,
+    each: usize,
+) -> anyhow::Result<Sample> {
+    let server = ServerProcess::start(db)?;
+    let url = format!(
+        "ws://127.0.0.1:{}/xrpc/com.atproto.label.subscribeLabels?cursor={}",
+        server.port,
+        total - each
+    );
+    let (cpu0, _) = server.usage()?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(subscribe(url.clone(), each)))
+        .collect();
+    let mut frames = 0;
+    for t in tasks {
+        frames += t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu1, hwm) = server.usage()?;
+    server.stop()?;
+    Ok(Sample {
+        rate: frames as f64 / secs,
+        cpu_us: (cpu1 - cpu0) * 1e6 / frames as f64,
+        hwm,
+        secs,
+        ..Sample::default()
+    })
+}
+
+/// One subscriber: decodes `expect` frames, checking order, then closes.
+async fn subscribe(url: String, expect: usize) -> anyhow::Result<usize> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut n = 0;
+    let mut last = 0;
+    while n < expect {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                let mut r = std::io::Cursor::new(&b[..]);
+                let h: Header = serde_ipld_dagcbor::de::from_reader_once(&mut r)?;
+                if h.op != 1 || h.t.as_deref() != Some("#labels") {
+                    bail!("unexpected frame after {n} labels");
+                }
+                let body: Body = serde_ipld_dagcbor::de::from_reader_once(&mut r)?;
+                if body.seq <= last || body.labels.len() != 1 {
+                    bail!("seq {} after {last}", body.seq);
+                }
+                last = body.seq;
+                n += 1;
+            }
+            Some(Ok(_)) => {}
+            other => bail!("stream ended after {n} labels: {other:?}"),
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(n)
+}
