@@ -16,8 +16,9 @@
 //!   schedules a retry with backoff, and only an attestation that has gone without any
 //!   definitive answer for longer than `staleAfter` loses its standing.
 //!
-//! Work for one DID is serialized (events are routed to a worker by DID), so decisions about a
-//! DID never race; different DIDs are verified concurrently, up to `verifyConcurrency`.
+//! Work for one DID is serialized (a per-DID queue), so decisions about a DID never race;
+//! different DIDs are verified concurrently, up to `verifyConcurrency`, and a slow DID never
+//! holds up another.
 //! Re-processing an event (after a rewind or a crash) changes nothing: an exact duplicate is
 //! recognised by its repo revision, and everything else converges on the PDS's current state.
 //!
@@ -25,13 +26,12 @@
 //! commit is a *watermark* — the newest `time_us` such that every event up to it has been
 //! committed. A crash can only make the labeler replay work, never skip it.
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -48,9 +48,10 @@ use crate::verify::{self, Check, CheckName, Outcome, Report};
 /// ~1,000 small events.
 pub const COMMAND_CAPACITY: usize = 1024;
 
-/// Capacity of each worker's queue. Small: a full queue pushes back on the dispatcher, which
-/// pushes back on Jetstream and the scheduler.
-const WORKER_QUEUE: usize = 16;
+/// Commands accepted but not finished (running, or queued behind their DID) before the
+/// manager stops reading its channel. Bounds memory and pushes back on Jetstream (which
+/// pauses) and the scheduler (which waits).
+const MAX_PENDING: usize = 1024;
 
 /// First retry delay for an attestation that could not be decided; doubles each time.
 const UNDECIDED_RETRY: Duration = Duration::from_secs(5 * 60);
@@ -369,64 +370,78 @@ impl Manager {
         self.shared.tracked.clone()
     }
 
-    /// Processes commands until `rx` closes or `shutdown` is cancelled. Work in progress when
-    /// shutdown comes is abandoned before its commit (it will be replayed from the cursor);
-    /// a commit already started always completes.
+    /// Processes commands until `rx` closes or `shutdown` is cancelled.
+    ///
+    /// Commands about one DID run one at a time, in arrival order; different DIDs run
+    /// concurrently, up to `concurrency`. A DID whose PDS or DNS is slow (or hostile) only
+    /// delays its own commands, never another DID's. Work in progress when shutdown comes is
+    /// abandoned before its commit (it is replayed from the cursor); a commit already started
+    /// always completes.
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let workers_n = self.shared.options.concurrency.max(1);
-        let mut queues = Vec::with_capacity(workers_n);
-        let mut workers = JoinSet::new();
-        for _ in 0..workers_n {
-            let (tx, wrx) = mpsc::channel::<Command>(WORKER_QUEUE);
-            queues.push(tx);
-            workers.spawn(worker(self.shared.clone(), wrx, shutdown.clone()));
-        }
+        let permits = Arc::new(Semaphore::new(self.shared.options.concurrency.max(1)));
+        let mut tasks: JoinSet<(String, Result<(), Error>)> = JoinSet::new();
+        // DIDs with a command running, and the commands queued behind it.
+        let mut busy: HashMap<String, VecDeque<Command>> = HashMap::new();
+        let mut pending = 0usize;
         let mut save_tick = tokio::time::interval(CURSOR_SAVE_EVERY);
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                Some(joined) = workers.join_next() => {
-                    break match joined {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(e),
-                        Err(e) => Err(Error::Worker(e.to_string())),
+                Some(joined) = tasks.join_next() => {
+                    let (did, r) = match joined {
+                        Ok(done) => done,
+                        Err(e) => break Err(Error::Worker(e.to_string())),
                     };
+                    pending -= 1;
+                    if let Err(e) = r {
+                        break Err(e);
+                    }
+                    match busy.get_mut(&did).and_then(VecDeque::pop_front) {
+                        Some(next) => self.spawn(&mut tasks, &permits, &shutdown, next),
+                        None => {
+                            busy.remove(&did);
+                        }
+                    }
                 }
                 _ = save_tick.tick() => {
                     if let Err(e) = self.save_idle_cursor().await {
                         break Err(e);
                     }
                 }
-                cmd = rx.recv() => {
+                cmd = rx.recv(), if pending < MAX_PENDING => {
                     let Some(cmd) = cmd else { break Ok(()) };
                     if let Command::Checkpoint { cursor } = cmd {
                         self.lock_watermark().observe(cursor);
                         continue;
                     }
                     let Some(did) = cmd.did() else { continue };
-                    let queue = &queues[route(did, workers_n)];
                     if let Some(t) = cmd.cursor() {
                         self.lock_watermark().begin(t);
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break Ok(()),
-                        sent = queue.send(cmd) => if sent.is_err() {
-                            break Err(Error::Worker("a worker stopped unexpectedly".to_owned()));
-                        },
+                    pending += 1;
+                    if let Some(queue) = busy.get_mut(did) {
+                        queue.push_back(cmd);
+                    } else {
+                        busy.insert(did.to_owned(), VecDeque::new());
+                        self.spawn(&mut tasks, &permits, &shutdown, cmd);
                     }
                 }
             }
         };
-        drop(queues);
-        // Workers see their queues close (or the token) and stop after their current item.
-        while let Some(joined) = workers.join_next().await {
-            if let Ok(Err(e)) = joined {
-                tracing::error!(error = %e, "verification worker stopped with an error");
+        // Running commands see the token and stop before their commit (or finish it).
+        shutdown.cancel();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((did, Err(e))) => {
+                    tracing::error!(did, error = %e, "verification failed during shutdown");
+                }
+                Err(e) => tracing::error!(error = %e, "verification task failed"),
+                Ok(_) => {}
             }
         }
         if result.is_ok() {
@@ -434,6 +449,30 @@ impl Manager {
             let _ = self.save_idle_cursor().await;
         }
         result
+    }
+
+    /// Runs one command on its own task once a concurrency permit is free.
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<(String, Result<(), Error>)>,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+        cmd: Command,
+    ) {
+        let (shared, permits, shutdown) = (self.shared.clone(), permits.clone(), shutdown.clone());
+        let did = cmd.did().unwrap_or_default().to_owned();
+        tasks.spawn(async move {
+            let result = tokio::select! {
+                // Abandoning here is safe: nothing was committed, so neither was the cursor,
+                // and the event will be replayed.
+                _ = shutdown.cancelled() => Ok(()),
+                r = async {
+                    let _permit = permits.acquire_owned().await;
+                    shared.handle(cmd).await
+                } => r,
+            };
+            (did, result)
+        });
     }
 
     fn lock_watermark(&self) -> std::sync::MutexGuard<'_, Watermark> {
@@ -468,32 +507,6 @@ impl Manager {
             self.lock_watermark().begin(t);
         }
         self.shared.handle(cmd).await
-    }
-}
-
-/// Picks the worker for a DID: the same DID always goes to the same worker.
-fn route(did: &str, n: usize) -> usize {
-    let mut h = std::hash::DefaultHasher::new();
-    did.hash(&mut h);
-    (h.finish() % n as u64) as usize
-}
-
-async fn worker(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Command>,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    loop {
-        let cmd = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            cmd = rx.recv() => match cmd { Some(c) => c, None => return Ok(()) },
-        };
-        tokio::select! {
-            // Abandoning here is safe: the event was not committed, so its cursor was not
-            // either, and it will be replayed.
-            _ = shutdown.cancelled() => return Ok(()),
-            r = shared.handle(cmd) => r?,
-        }
     }
 }
 

@@ -214,12 +214,3 @@ fn watermark_never_passes_an_unfinished_event() {
     w.finish(50);
     assert_eq!(w.value(Some(50)), Some(50));
 }
-
-#[test]
-fn the_same_did_always_goes_to_the_same_worker() {
-    for n in 1..8 {
-        let w = route("did:plc:abc", n);
-        assert!(w < n);
-        assert_eq!(route("did:plc:abc", n), w);
-    }
-}

@@ -83,6 +83,11 @@ impl FakeJetstream {
         self.state.lock().unwrap().cursors.clone()
     }
 
+    /// Drops requested with [`FakeJetstream::drop_connections`] that have not happened yet.
+    pub fn drops_left(&self) -> usize {
+        self.state.lock().unwrap().drops.len()
+    }
+
     /// Cut the next `times` connections after `after` frames each, without a close frame.
     pub fn drop_connections(&self, times: usize, after: usize) {
         let mut s = self.state.lock().unwrap();

@@ -45,6 +45,7 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+pub mod daemon;
 pub mod dns;
 pub mod plc;
 pub mod server;
