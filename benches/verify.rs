@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 #[path = "../tests/common/dns.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs)]
+#[allow(unreachable_pub, missing_docs)]
 mod dns;
 
 use dns::{FakeDns, Fault};
@@ -58,11 +58,9 @@ fn main() {
 
 async fn run(n: usize, concurrency: usize, timeout_ms: u64, faulty_permille: usize) -> bool {
     let fake = FakeDns::start().await;
-    let every = if faulty_permille == 0 {
-        usize::MAX
-    } else {
-        (1000 / faulty_permille).max(1)
-    };
+    let every = 1000usize
+        .checked_div(faulty_permille)
+        .map_or(usize::MAX, |e| e.max(1));
     let mut expected = Vec::with_capacity(n);
     for i in 0..n {
         let domain = format!("op{i}.bench.test");
