@@ -65,16 +65,6 @@ impl<T> Answer<T> {
             Answer::NxDomain | Answer::NoData => &[],
         }
     }
-
-    /// A short description of a negative answer, for reasons ("does not exist", "has no
-    /// records of this type"); `None` for `Found`.
-    pub fn negative(&self) -> Option<&'static str> {
-        match self {
-            Answer::Found(_) => None,
-            Answer::NxDomain => Some("does not exist (NXDOMAIN)"),
-            Answer::NoData => Some("has no records of this type (NODATA)"),
-        }
-    }
 }
 
 /// One MX record (RFC 1035 §3.3.9).

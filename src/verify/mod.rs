@@ -468,8 +468,9 @@ fn domain_problem(domain: &str) -> Option<&'static str> {
     if domain.is_empty() {
         return Some("is empty");
     }
-    if domain.len() > 253 {
-        return Some("is longer than 253 characters");
+    // `_atproto.<domain>` must still fit in a DNS name (253 characters).
+    if domain.len() > 253 - "_atproto.".len() {
+        return Some("is too long: _atproto.<domain> would exceed 253 characters");
     }
     if domain.ends_with('.') {
         return Some("must not end with a dot");
@@ -705,6 +706,9 @@ pub(crate) mod tests {
             assert!(domain_problem(bad).is_some(), "{bad}");
         }
         assert!(domain_problem(&format!("{}.example", "a".repeat(64))).is_some());
+        let long = format!("{}.example", vec!["a".repeat(60); 4].join("."));
+        assert_eq!(long.len(), 251);
+        assert!(domain_problem(&long).is_some());
         assert_eq!(selector_problem("example.com", "sel_1"), None);
         assert_eq!(selector_problem("example.com", "s1.rotation"), None);
         for bad in ["", "a..b", "a/b", "a b", ".a", "é", &"a".repeat(64)] {
