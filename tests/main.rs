@@ -11,6 +11,7 @@ mod dns;
 mod identity;
 mod jetstream;
 mod lexicons;
+mod operator;
 mod pipeline;
 mod query_labels;
 mod restart;

@@ -1,0 +1,194 @@
+//! What operators and self-hosters touch: the `check` and `label` commands against real
+//! servers, the status and metrics endpoints, and the README's promises.
+
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+use atmos_labeler::label::VERIFIED_MAIL_OPERATOR;
+
+use crate::common::daemon::{TestLabeler, World};
+use crate::common::dns::Fault;
+
+fn labeler_cmd(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::cargo_bin("labeler").unwrap();
+    cmd.current_dir(dir)
+        .env_remove("LABELER_CONFIG")
+        .env_remove("LABELER_LISTEN_ADDR");
+    cmd
+}
+
+/// `labeler check` as an operator runs it, from a directory without any state.
+async fn check(world: &World, domain: &str, did: &str, extra: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = world.dns.addr().to_string();
+    let plc = world.plc.url();
+    let mut args = vec!["check", domain, "--did", did, "--selector", "default"];
+    args.extend_from_slice(&["--dns-server", &dns, "--plc-url", &plc]);
+    args.extend_from_slice(extra);
+    let mut cmd = labeler_cmd(dir.path());
+    cmd.args(&args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!dir.path().join("state").exists(), "check creates no state");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn check_reports_pass_fail_and_could_not_decide_with_exit_codes() {
+    let world = World::start().await;
+    world
+        .dns
+        .publish_good_operator("good.test", "did:plc:good", &["default"]);
+    world.account("did:plc:good");
+
+    let (code, out, err) = check(&world, "good.test", "did:plc:good", &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["domain-control", "mx", "spf", "dkim", "dmarc"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(line.starts_with('✓'), "{line}");
+    }
+
+    world.dns.set_txt("good.test", &["v=spf1 +all"]);
+    let (code, out, _) = check(&world, "good.test", "did:plc:good", &[]).await;
+    assert_eq!(code, 1, "{out}");
+    let spf = out.lines().find(|l| l.contains("spf")).unwrap();
+    assert!(spf.starts_with('✗') && spf.contains("+all"), "{spf}");
+
+    world
+        .dns
+        .set_txt("good.test", &["v=spf1 ip4:192.0.2.0/24 -all"]);
+    world.dns.fault("_dmarc.good.test", Fault::ServFail);
+    let (code, out, _) = check(&world, "good.test", "did:plc:good", &[]).await;
+    assert_eq!(code, 2, "{out}");
+    let dmarc = out.lines().find(|l| l.contains("dmarc")).unwrap();
+    assert!(
+        dmarc.starts_with('?') && dmarc.contains("_dmarc.good.test"),
+        "{dmarc}"
+    );
+
+    let (code, out, _) = check(&world, "good.test", "did:plc:good", &["--json"]).await;
+    assert_eq!(code, 2);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["verdict"], "could-not-decide");
+    assert_eq!(report["domain"], "good.test");
+}
+
+#[tokio::test]
+async fn a_label_made_with_the_cli_reaches_a_running_daemons_subscribers() {
+    let world = World::start().await;
+    let labeler = TestLabeler::start(&world, "24h").await;
+    let mut sub = labeler.subscribe("").await;
+    // The same config the daemon runs with, as a file for the CLI.
+    let config_path = labeler.dir.join("config.json");
+    let config = serde_json::json!({
+        "stateDir": labeler.config.state_dir,
+        "signingKeyPath": labeler.config.signing_key_path,
+    });
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let mut cmd = labeler_cmd(&labeler.dir);
+    cmd.args(["--config", config_path.to_str().unwrap()]).args([
+        "label",
+        "create",
+        "--uri",
+        "did:plc:spammer",
+        "--val",
+        "spam",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (seq, label) = sub.next_label().await; // within the 10 s bound; polling is 20 ms
+    assert_eq!(
+        (label.uri.as_str(), label.val.as_str()),
+        ("did:plc:spammer", "spam")
+    );
+    let printed: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(printed["seq"], seq);
+    labeler.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_the_pipeline_counters_after_an_event() {
+    let world = World::start().await;
+    let labeler = TestLabeler::start(&world, "24h").await;
+    let mut sub = labeler.subscribe("").await;
+    world.good_operator("did:plc:metrics", "metrics.test", "r1");
+    assert_eq!(sub.next_label().await.1.val, VERIFIED_MAIL_OPERATOR);
+    let text = reqwest::get(format!("http://{}/metrics", labeler.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for metric in [
+        "labeler_jetstream_events_total",
+        "labeler_verifications_total",
+        "labeler_labels_created_total",
+        "labeler_server_subscribers",
+        "labeler_jetstream_lag_seconds",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .unwrap_or_else(|| panic!("{metric} missing from:\n{text}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        if metric.ends_with("_total") || metric == "labeler_server_subscribers" {
+            assert!(value >= 1.0, "{line}");
+        }
+    }
+    labeler.stop().await;
+}
+
+#[test]
+fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let quickstart = readme
+        .split("## Quickstart")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let commands: Vec<&str> = quickstart
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().trim())
+        .collect();
+    assert_eq!(commands, ["cargo run --release", "cargo test --locked"]);
+
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let ci_commands: Vec<&str> = ci
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with("set ") && !l.starts_with("cd ")
+        })
+        .collect();
+    assert_eq!(
+        ci_commands,
+        ["cargo test --locked"],
+        ".ci/run runs exactly the README's test command"
+    );
+
+    // `cargo run` runs the labeler binary with no arguments: the Docker image's command.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("CMD [\"labeler\"]"), "{dockerfile}");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("default-run = \"labeler\""));
+}
