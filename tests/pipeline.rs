@@ -368,3 +368,81 @@ async fn the_stream_shows_events_in_seq_order_after_a_backfill() {
     assert!(live_seqs.windows(2).all(|w| w[0] < w[1]));
     labeler.stop().await;
 }
+
+#[tokio::test]
+async fn a_dns_and_plc_outage_over_a_whole_recheck_cycle_withdraws_nothing() {
+    let world = World::start().await;
+    let labeler = TestLabeler::start(&world, "1s").await;
+    let mut sub = labeler.subscribe("").await;
+    let dids: Vec<String> = (0..3).map(|i| format!("did:plc:steady{i}")).collect();
+    for (i, did) in dids.iter().enumerate() {
+        world.good_operator(did, &format!("steady{i}.test"), "r1");
+    }
+    for _ in &dids {
+        assert_eq!(sub.next_label().await.1.neg, None);
+    }
+
+    // The DNS server goes silent and the PLC directory answers 500, for everyone.
+    world.dns.fault_all(Some(Fault::Timeout));
+    world.plc.fail_all(Some(500));
+    // Two full re-check cycles: every attestation re-checked (undecided) at least twice.
+    for round in 0..2 {
+        for did in &dids {
+            let deadline = tokio::time::Instant::now() + crate::common::server::WAIT;
+            loop {
+                let v = labeler.verification(did).await;
+                let a = &v["attestations"][0];
+                if a["verdict"] == "undecided" {
+                    assert_eq!(a["verified"], true, "{a:#}");
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "round {round}: {v:#}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        // Then wait for every attestation to be re-checked once more, still in the outage.
+        let store = labeler.store();
+        let before: Vec<i64> = store
+            .all_attestations()
+            .unwrap()
+            .iter()
+            .map(|a| a.checked_ms.unwrap())
+            .collect();
+        assert!(
+            crate::common::eventually(crate::common::server::WAIT, || {
+                let store = store.clone();
+                let before = before.clone();
+                async move {
+                    let now: Vec<i64> = store
+                        .all_attestations()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.checked_ms.unwrap())
+                        .collect();
+                    now.iter().zip(&before).all(|(n, b)| n > b)
+                }
+            })
+            .await,
+            "every attestation was re-checked again during the outage"
+        );
+    }
+    for did in &dids {
+        assert_eq!(
+            labeler.labels_on(did).await,
+            [(VMO.to_owned(), false)],
+            "{did}"
+        );
+    }
+    let history = labeler.store().label_history().unwrap();
+    assert!(
+        history.iter().all(|h| !h.signed.label.neg),
+        "nothing was negated"
+    );
+
+    world.dns.fault_all(None);
+    world.plc.fail_all(None);
+    labeler.stop().await;
+}

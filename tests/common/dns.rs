@@ -93,6 +93,8 @@ impl NameData {
 struct Zone {
     names: HashMap<String, NameData>,
     faults: HashMap<String, Fault>,
+    /// A fault for every name (the whole server is down), over the per-name ones.
+    all: Option<Fault>,
     queries: HashMap<String, usize>,
     ttl: u32,
 }
@@ -239,6 +241,11 @@ impl FakeDns {
         self.with(|z| z.faults.insert(key(name), fault));
     }
 
+    /// Makes every name misbehave (`Some`), e.g. the whole server silent, or recovers (`None`).
+    pub fn fault_all(&self, fault: Option<Fault>) {
+        self.with(|z| z.all = fault);
+    }
+
     /// Ends a [`FakeDns::fault`].
     pub fn clear_fault(&self, name: &str) {
         self.with(|z| z.faults.remove(&key(name)));
@@ -298,7 +305,7 @@ impl Handler {
     fn decide(&self, name: &str, rtype: RecordType, protocol: Protocol) -> Reply {
         let mut zone = self.zone.lock().unwrap();
         *zone.queries.entry(name.to_owned()).or_default() += 1;
-        match zone.faults.get(name) {
+        match zone.all.as_ref().or_else(|| zone.faults.get(name)) {
             Some(Fault::Timeout) => return Reply::Silent,
             Some(Fault::ServFail) => return Reply::Error(ResponseCode::ServFail),
             Some(Fault::Refused) => return Reply::Error(ResponseCode::Refused),

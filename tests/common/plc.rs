@@ -92,6 +92,8 @@ async fn misbehave(fault: Fault) -> Response {
 struct PlcState {
     docs: HashMap<String, Value>,
     faults: HashMap<String, Fault>,
+    /// A fault for every DID (the whole directory is down).
+    all: Option<Fault>,
     requests: HashMap<String, usize>,
 }
 
@@ -112,7 +114,10 @@ async fn plc_get(State(state): State<Arc<Mutex<PlcState>>>, Path(did): Path<Stri
     let (fault, doc) = {
         let mut s = state.lock().unwrap();
         *s.requests.entry(did.clone()).or_default() += 1;
-        (s.faults.get(&did).copied(), s.docs.get(&did).cloned())
+        (
+            s.all.or_else(|| s.faults.get(&did).copied()),
+            s.docs.get(&did).cloned(),
+        )
     };
     if let Some(fault) = fault {
         return misbehave(fault).await;
@@ -173,6 +178,11 @@ impl FakePlc {
     /// Ends a [`FakePlc::fail`] or [`FakePlc::hang`].
     pub fn clear_fault(&self, did: &str) {
         self.state.lock().unwrap().faults.remove(did);
+    }
+
+    /// Answers `status` to every request (`Some`), or recovers (`None`): a directory outage.
+    pub fn fail_all(&self, status: Option<u16>) {
+        self.state.lock().unwrap().all = status.map(Fault::Status);
     }
 
     /// Requests received for `did`.
