@@ -519,6 +519,57 @@ fn selector_problem(domain: &str, selector: &str) -> Option<&'static str> {
     None
 }
 
+/// Entry points for `cargo fuzz` (`fuzz/`), compiled only into fuzz builds (cargo-fuzz sets
+/// `--cfg fuzzing`), so the parsers stay private to this module everywhere else.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Parses an SPF record, then audits it as the policy of a domain whose every name
+    /// answers with this same record (so includes and redirects recurse into it) and has no
+    /// MX or address records.
+    pub fn spf(record: &[u8]) {
+        let _ = spf::parse(record);
+        let dns = Echo(record.to_vec());
+        let audit = spf::audit(&dns, "fuzz.example", Some("relay.example"));
+        let done = futures_util::FutureExt::now_or_never(audit)
+            .expect("the echo resolver answers at once");
+        assert!(!done.reason.is_empty());
+    }
+
+    /// Judges a DKIM key record.
+    pub fn dkim(record: &[u8]) {
+        let _ = dkim::judge_key(record);
+        let (_, reason) = dkim::judge("s._domainkey.fuzz.example", &[record.to_vec()]);
+        assert!(!reason.is_empty());
+        let _ = dkim::rsa_modulus_bits(record);
+    }
+
+    /// Judges a DMARC record found at the domain, and as an organisational fallback.
+    pub fn dmarc(record: &[u8]) {
+        let _ = dmarc::is_dmarc_record(record);
+        let _ = dmarc::judge("_dmarc.fuzz.example", &[record.to_vec()], None);
+        let _ = dmarc::judge("_dmarc.example", &[record.to_vec()], Some("fuzz.example"));
+    }
+
+    /// Answers every TXT query with one record, every other query with no data.
+    struct Echo(Vec<u8>);
+
+    impl Dns for Echo {
+        async fn txt(&self, _: &str) -> Result<Answer<Vec<u8>>, dns::Error> {
+            Ok(Answer::Found(vec![self.0.clone()]))
+        }
+        async fn mx(&self, _: &str) -> Result<Answer<Mx>, dns::Error> {
+            Ok(Answer::NoData)
+        }
+        async fn ip(&self, _: &str) -> Result<Answer<IpAddr>, dns::Error> {
+            Ok(Answer::NoData)
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
