@@ -52,6 +52,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// can make us read.
 const MAX_BODY: usize = 16 * 1024;
 
+/// Requests whose database work runs on the blocking pool at the same time (prefix and
+/// source queries, getVerification, health). Each holds a pooled read connection: together
+/// with the inline lookups (one per runtime worker), [`subscribe::BACKFILL_READERS`] and the
+/// live feed this stays within the store's idle pool, so connections are reused rather than
+/// opened per request, and with two cores more would only queue in the kernel instead.
+const BLOCKING_QUERIES: usize = 2;
+
 /// How long shutdown waits for in-flight HTTP requests, and then again for subscribers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -73,7 +80,8 @@ pub struct Options {
     /// Cap on concurrent subscribeLabels connections; more are refused with 503.
     pub max_subscribers: usize,
     /// Live frames a subscriber may fall behind by before it is closed as too slow. This is
-    /// the capacity of the shared broadcast ring, so memory does not grow with subscribers.
+    /// the capacity of the shared broadcast ring (tokio rounds it up to a power of two), so
+    /// memory does not grow with subscribers.
     pub subscriber_buffer: usize,
     /// A frame write stalled this long means the consumer is too slow.
     pub write_timeout: Duration,
@@ -131,6 +139,8 @@ pub(crate) struct Shared {
     pub(crate) subscriber_slots: Arc<Semaphore>,
     /// Permits to read a backfill page ([`subscribe::BACKFILL_READERS`]).
     pub(crate) backfill_slots: Semaphore,
+    /// Permits for request work on the blocking pool ([`BLOCKING_QUERIES`]).
+    query_slots: Semaphore,
     /// Cancelled when the server stops: subscribers close, new ones are refused.
     pub(crate) stop: CancellationToken,
     /// Subscriber connections, so shutdown can wait for their goodbyes.
@@ -141,6 +151,25 @@ pub(crate) struct Shared {
     pub(crate) query_latency: metrics::Histogram,
     /// Request counters by route and status, registered on first use.
     http_requests: HttpCounters,
+}
+
+impl Shared {
+    /// Runs `f` on the blocking pool, at most [`BLOCKING_QUERIES`] at a time.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, XrpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static,
+    {
+        let _slot = self
+            .query_slots
+            .acquire()
+            .await
+            .map_err(|e| XrpcError::Internal(Box::new(e)))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| XrpcError::Internal(Box::new(e)))?
+    }
 }
 
 impl Server {
@@ -158,6 +187,7 @@ impl Server {
                 store,
                 subscriber_slots: Arc::new(Semaphore::new(options.max_subscribers)),
                 backfill_slots: Semaphore::new(subscribe::BACKFILL_READERS),
+                query_slots: Semaphore::new(BLOCKING_QUERIES),
                 options,
                 metrics,
                 live,

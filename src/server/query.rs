@@ -49,10 +49,7 @@ pub(crate) async fn query_labels(
     let body = if is_cheap(&q) {
         page_json(&shared.store, &q)?
     } else {
-        let store = shared.store.clone();
-        tokio::task::spawn_blocking(move || page_json(&store, &q))
-            .await
-            .map_err(|e| XrpcError::Internal(Box::new(e)))??
+        shared.blocking(move |store| page_json(store, &q)).await?
     };
     shared.query_latency.record(started.elapsed().as_secs_f64());
     Ok(json_body(body))

@@ -315,14 +315,18 @@ fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Erro
     Ok(out)
 }
 
+/// Rows a queryLabels request first scans in seq order, as a multiple of its limit: a broad
+/// pattern (half the labels or more match) finds its page within them.
+const QUICK_SCAN_FACTOR: i64 = 2;
+
 /// Most index entries a queryLabels request reads to find its page by subject or source.
 ///
 /// Rows are wanted in seq order, but the `uri` and `(src, …)` indexes order them by subject,
 /// so an index plan reads every match to find the lowest seqs: its cost grows with the number
 /// of matches. Scanning the table in seq order and filtering costs about `limit × rows /
-/// matches` instead, which is cheaper for broad patterns. A capped count of the matches picks
-/// the plan; the two costs cross near `sqrt(limit × rows)`, a few thousand at a million labels.
-const INDEX_PLAN_CAP: i64 = 4000;
+/// matches` instead, which is cheaper for broad patterns. The two cross near
+/// `sqrt(limit × rows)`: a few thousand at a million labels.
+const INDEX_PLAN_CAP: usize = 4000;
 
 /// Runs a queryLabels request on `c`, calling `each` on every matching row in seq order.
 ///
@@ -330,9 +334,14 @@ const INDEX_PLAN_CAP: i64 = 4000;
 /// - one exact subject, no sources: [`EXACT_SQL`], a `(uri, seq)` index range;
 /// - exact subjects only: `uri IN (…)` on the `uri` index, sorted by seq;
 /// - `*` without sources: the table in seq order from the cursor;
-/// - prefixes, or `*` with sources: the index plan (seqs from a covering index, then the
-///   rows) when fewer than [`INDEX_PLAN_CAP`] rows match, else the seq-order scan with the
-///   patterns as filters (`+` keeps SQLite from choosing an index for them).
+/// - anything else (prefixes, `*` with sources), in order until one answers:
+///   1. a seq-order scan of the next `QUICK_SCAN_FACTOR × limit` rows: enough for broad
+///      patterns;
+///   2. the index plan: the matching seqs from the covering `uri` (or `(src, …)`) index, the
+///      lowest `limit` kept, then those rows by seq — abandoned past [`INDEX_PLAN_CAP`]
+///      entries;
+///   3. the seq-order scan from the cursor with the patterns as filters (`+` keeps SQLite
+///      from choosing an index for them).
 fn query_rows(
     c: &Connection,
     q: &LabelQuery,
@@ -363,9 +372,18 @@ fn query_rows(
         })
         .collect();
 
+    if !all_exact && !(match_all && q.sources.is_empty()) {
+        if let Some(seqs) = quick_scan(c, q, &bounds, match_all)? {
+            return rows_by_seq(c, &seqs, each);
+        }
+        if let Some(seqs) = lowest_from_index(c, q, &bounds, match_all)? {
+            return rows_by_seq(c, &seqs, each);
+        }
+    }
+
     // ?1 is the cursor; the rest are numbered as they are pushed.
     let mut args: Vec<&dyn ToSql> = vec![&q.after];
-    let sql = if all_exact {
+    let mut sql = if all_exact {
         let uris = q.patterns.iter().map(|p| match p {
             UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
         });
@@ -378,40 +396,137 @@ fn query_rows(
             sql.push_str(&format!(" AND +src IN ({})", push_marks(&mut args, srcs)));
         }
         sql
-    } else if match_all && q.sources.is_empty() {
-        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1")
     } else {
-        let narrow = if match_all {
-            count_sources(c, &q.sources)? < INDEX_PLAN_CAP
-        } else {
-            count_patterns(c, &q.patterns, &bounds)? < INDEX_PLAN_CAP
-        };
-        if narrow {
-            let index = if match_all {
-                "labels_key"
-            } else {
-                "labels_uri"
-            };
-            let f = filter(&mut args, q, &bounds, match_all, "");
-            args.push(&limit);
-            let sub = format!(
-                "SELECT seq FROM labels INDEXED BY {index} WHERE seq > ?1{f} \
-                 ORDER BY seq LIMIT ?{}",
-                args.len()
-            );
-            format!("SELECT {COLUMNS} FROM labels WHERE seq IN ({sub})")
-        } else {
-            let f = filter(&mut args, q, &bounds, match_all, "+");
-            format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
-        }
+        let f = filter(&mut args, q, &bounds, match_all, "+");
+        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
     };
-    let mut sql = sql;
     args.push(&limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(args.as_slice())?;
     while let Some(r) = rows.next()? {
         each(r)?;
+    }
+    Ok(())
+}
+
+/// Plan 1: the matching seqs among the next `QUICK_SCAN_FACTOR × limit` seqs after the
+/// cursor, if that is a full page (then it is exactly the page).
+fn quick_scan(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+) -> Result<Option<Vec<i64>>, Error> {
+    let limit = q.limit as i64;
+    let end = q.after.saturating_add(QUICK_SCAN_FACTOR * limit);
+    let mut args: Vec<&dyn ToSql> = vec![&q.after, &end];
+    let f = filter(&mut args, q, bounds, match_all, "+");
+    args.push(&limit);
+    let sql = format!(
+        "SELECT seq FROM labels WHERE seq > ?1 AND seq <= ?2{f} ORDER BY seq LIMIT ?{}",
+        args.len()
+    );
+    let seqs: Vec<i64> = c
+        .prepare_cached(&sql)?
+        .query_map(args.as_slice(), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok((seqs.len() == q.limit).then_some(seqs))
+}
+
+/// Plan 2: the lowest `limit` seqs after the cursor among the index entries that match, or
+/// `None` once more than [`INDEX_PLAN_CAP`] entries were read. Entries are read whatever
+/// their seq (the index orders them by subject), so the cap bounds the work even when the
+/// cursor is past most matches.
+fn lowest_from_index(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+) -> Result<Option<Vec<i64>>, Error> {
+    let mut lowest = std::collections::BTreeSet::new();
+    let mut read = 0;
+    let mut take =
+        |stmt: &mut rusqlite::Statement<'_>, args: &[&dyn ToSql]| -> Result<bool, Error> {
+            let mut rows = stmt.query(args)?;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                if read > INDEX_PLAN_CAP {
+                    return Ok(false);
+                }
+                let seq: i64 = r.get(0)?;
+                if seq > q.after {
+                    lowest.insert(seq);
+                    if lowest.len() > q.limit {
+                        lowest.pop_last();
+                    }
+                }
+            }
+            Ok(true)
+        };
+    // With sources and subject patterns, the source is checked on the row (not covered by
+    // the `uri` index); sources alone use the `(src, …)` index, which covers them.
+    let src_args: Vec<&dyn ToSql> = q.sources.iter().map(|s| s as &dyn ToSql).collect();
+    let src_filter = |first: usize| -> String {
+        if q.sources.is_empty() {
+            return String::new();
+        }
+        let marks: Vec<String> = (0..q.sources.len())
+            .map(|i| format!("?{}", first + i))
+            .collect();
+        format!(" AND src IN ({})", marks.join(", "))
+    };
+    if match_all {
+        let mut stmt =
+            c.prepare_cached("SELECT seq FROM labels INDEXED BY labels_key WHERE src = ?1")?;
+        for s in &q.sources {
+            if !take(&mut stmt, &[s])? {
+                return Ok(None);
+            }
+        }
+    } else {
+        for (p, hi) in q.patterns.iter().zip(bounds) {
+            let (sql, mut args): (String, Vec<&dyn ToSql>) = match (p, hi) {
+                (UriPattern::Exact(u), _) => (
+                    format!(
+                        "SELECT seq FROM labels INDEXED BY labels_uri WHERE uri = ?1{}",
+                        src_filter(2)
+                    ),
+                    vec![u],
+                ),
+                (UriPattern::Prefix(lo), Some(hi)) => (
+                    format!(
+                        "SELECT seq FROM labels INDEXED BY labels_uri \
+                         WHERE uri >= ?1 AND uri < ?2{}",
+                        src_filter(3)
+                    ),
+                    vec![lo, hi],
+                ),
+                // Only the empty prefix has no bound, and then `match_all` is set.
+                (UriPattern::Prefix(_), None) => return Ok(None),
+            };
+            args.extend(&src_args);
+            let mut stmt = c.prepare_cached(&sql)?;
+            if !take(&mut stmt, &args)? {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(lowest.into_iter().collect()))
+}
+
+/// Hands the rows with these seqs (ascending) to `each`.
+fn rows_by_seq(
+    c: &Connection,
+    seqs: &[i64],
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {COLUMNS} FROM labels WHERE seq = ?1"))?;
+    for seq in seqs {
+        let mut rows = stmt.query([seq])?;
+        if let Some(r) = rows.next()? {
+            each(r)?;
+        }
     }
     Ok(())
 }
@@ -469,57 +584,6 @@ fn filter<'a>(
         sql.push_str(&format!(" AND {plus}src IN ({})", push_marks(args, srcs)));
     }
     sql
-}
-
-/// How many rows match the subject patterns, counted on the `uri` index up to
-/// [`INDEX_PLAN_CAP`].
-fn count_patterns(
-    c: &Connection,
-    patterns: &[UriPattern],
-    bounds: &[Option<String>],
-) -> Result<i64, Error> {
-    let mut total = 0;
-    for (p, hi) in patterns.iter().zip(bounds) {
-        let left = INDEX_PLAN_CAP - total;
-        if left <= 0 {
-            break;
-        }
-        total += match (p, hi) {
-            (UriPattern::Exact(u), _) => c
-                .prepare_cached(
-                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
-                     WHERE uri = ?1 LIMIT ?2)",
-                )?
-                .query_row(params![u, left], |r| r.get::<_, i64>(0))?,
-            (UriPattern::Prefix(lo), Some(hi)) => c
-                .prepare_cached(
-                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
-                     WHERE uri >= ?1 AND uri < ?2 LIMIT ?3)",
-                )?
-                .query_row(params![lo, hi, left], |r| r.get::<_, i64>(0))?,
-            (UriPattern::Prefix(_), None) => left,
-        };
-    }
-    Ok(total)
-}
-
-/// How many rows come from `sources`, counted on the `(src, …)` index up to
-/// [`INDEX_PLAN_CAP`].
-fn count_sources(c: &Connection, sources: &[String]) -> Result<i64, Error> {
-    let mut total = 0;
-    for s in sources {
-        let left = INDEX_PLAN_CAP - total;
-        if left <= 0 {
-            break;
-        }
-        total += c
-            .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_key \
-                 WHERE src = ?1 LIMIT ?2)",
-            )?
-            .query_row(params![s, left], |r| r.get::<_, i64>(0))?;
-    }
-    Ok(total)
 }
 
 /// Watches the database for commits made by any connection, including other processes
