@@ -372,7 +372,8 @@ fn query_rows(
         })
         .collect();
 
-    if !all_exact && !(match_all && q.sources.is_empty()) {
+    let simple = all_exact || (match_all && q.sources.is_empty());
+    if !simple {
         if let Some(seqs) = quick_scan(c, q, &bounds, match_all)? {
             return rows_by_seq(c, &seqs, each);
         }
