@@ -190,23 +190,29 @@ impl Store {
     /// in seq order, and returns how many rows matched. This is the allocation-free form of
     /// [`Store::query_labels`] that the server encodes JSON from.
     ///
-    /// Runs inline on a pooled read connection: an indexed lookup takes microseconds, less
-    /// than a hop to the blocking pool would cost.
+    /// Its cost can grow with the data (see [`Store::visit_labels_quick`]): call it from the
+    /// blocking pool.
     pub fn visit_labels(
         &self,
         q: &LabelQuery,
-        mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+        each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
     ) -> Result<usize, Error> {
-        self.read(|c| {
-            let mut n = 0;
-            query_rows(c, q, |r| {
-                let (seq, label, sig) = borrow_row(r)?;
-                each(seq, &label, sig);
-                n += 1;
-                Ok(())
-            })?;
-            Ok(n)
-        })
+        self.read(|c| visit(c, q, Mode::Full, each))
+            .map(|n| n.unwrap_or(0))
+    }
+
+    /// Like [`Store::visit_labels`], but only when the answer is cheap — a bounded number of
+    /// index probes or a page-sized scan, a few tens of microseconds — and `None` (having
+    /// called `each` on nothing) when the query needs a plan whose cost grows with the data.
+    ///
+    /// Meant to run inline on an async worker: the common queries (one DID, a few DIDs, `*`,
+    /// broad prefixes) never pay for a hop to the blocking pool.
+    pub fn visit_labels_quick(
+        &self,
+        q: &LabelQuery,
+        each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+    ) -> Result<Option<usize>, Error> {
+        self.read(|c| visit(c, q, Mode::Quick, each))
     }
 
     /// Every label ever written (the append-only history), in commit order.
@@ -308,11 +314,43 @@ pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
 
 fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
     let mut out = Vec::new();
-    query_rows(c, q, |r| {
+    query_rows(c, q, Mode::Full, |r| {
         out.push(from_row(r)?);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Whether a query may use the plans whose cost grows with the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Only bounded plans; give up (`None`) otherwise.
+    Quick,
+    /// Any plan.
+    Full,
+}
+
+/// Most exact subjects answered in [`Mode::Quick`] (each is an index probe).
+const QUICK_MAX_EXACT: usize = 16;
+
+/// Most index entries read in [`Mode::Quick`]: a narrow prefix such as the records of one
+/// account (`at://did:plc:…/*`) is answered inline.
+const QUICK_INDEX_CAP: usize = 256;
+
+fn visit(
+    c: &Connection,
+    q: &LabelQuery,
+    mode: Mode,
+    mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+) -> Result<Option<usize>, Error> {
+    let mut n = 0;
+    let done = query_rows(c, q, mode, |r| {
+        let (seq, label, sig) = borrow_row(r)?;
+        each(seq, &label, sig);
+        n += 1;
+        Ok(())
+    })?;
+    Ok(done.then_some(n))
 }
 
 /// Rows a queryLabels request first scans in seq order, as a multiple of its limit: a broad
@@ -339,14 +377,15 @@ const INDEX_PLAN_CAP: usize = 4000;
 ///      patterns;
 ///   2. the index plan: the matching seqs from the covering `uri` (or `(src, …)`) index, the
 ///      lowest `limit` kept, then those rows by seq — abandoned past [`INDEX_PLAN_CAP`]
-///      entries;
+///      entries ([`QUICK_INDEX_CAP`] in [`Mode::Quick`], which then gives up);
 ///   3. the seq-order scan from the cursor with the patterns as filters (`+` keeps SQLite
 ///      from choosing an index for them).
 fn query_rows(
     c: &Connection,
     q: &LabelQuery,
+    mode: Mode,
     mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     // The common case, a relay asking about one DID, gets a fixed statement.
     if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
         let mut stmt = c.prepare_cached(EXACT_SQL)?;
@@ -354,10 +393,9 @@ fn query_rows(
         while let Some(r) = rows.next()? {
             each(r)?;
         }
-        return Ok(());
+        return Ok(true);
     }
 
-    let limit = q.limit as i64;
     let match_all = q
         .patterns
         .iter()
@@ -372,16 +410,46 @@ fn query_rows(
         })
         .collect();
 
-    let simple = all_exact || (match_all && q.sources.is_empty());
-    if !simple {
-        if let Some(seqs) = quick_scan(c, q, &bounds, match_all)? {
-            return rows_by_seq(c, &seqs, each);
-        }
-        if let Some(seqs) = lowest_from_index(c, q, &bounds, match_all)? {
-            return rows_by_seq(c, &seqs, each);
-        }
+    if all_exact && q.patterns.len() > QUICK_MAX_EXACT && mode == Mode::Quick {
+        return Ok(false);
     }
+    let simple = all_exact || (match_all && q.sources.is_empty());
+    if simple {
+        scan_rows(c, q, &bounds, match_all, all_exact, each)?;
+        return Ok(true);
+    }
+    // The multi-step plans run in one read transaction: one snapshot and one lock for all of
+    // their statements, instead of one each (a `fcntl` and an `fstat` per statement).
+    let tx = c.unchecked_transaction()?;
+    if let Some(seqs) = quick_scan(c, q, &bounds, match_all)? {
+        rows_by_seq(c, &seqs, each)?;
+        tx.commit()?;
+        return Ok(true);
+    }
+    let cap = match mode {
+        Mode::Quick => QUICK_INDEX_CAP,
+        Mode::Full => INDEX_PLAN_CAP,
+    };
+    match lowest_from_index(c, q, &bounds, match_all, cap)? {
+        Some(seqs) => rows_by_seq(c, &seqs, each)?,
+        None if mode == Mode::Quick => return Ok(false),
+        None => scan_rows(c, q, &bounds, match_all, all_exact, each)?,
+    }
+    tx.commit()?;
+    Ok(true)
+}
 
+/// Plan 3 (and the simple shapes): one statement over the table in seq order, or over the
+/// `uri` index for exact subjects only.
+fn scan_rows(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+    all_exact: bool,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let limit = q.limit as i64;
     // ?1 is the cursor; the rest are numbered as they are pushed.
     let mut args: Vec<&dyn ToSql> = vec![&q.after];
     let mut sql = if all_exact {
@@ -398,7 +466,7 @@ fn query_rows(
         }
         sql
     } else {
-        let f = filter(&mut args, q, &bounds, match_all, "+");
+        let f = filter(&mut args, q, bounds, match_all, "+");
         format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
     };
     args.push(&limit);
@@ -436,7 +504,7 @@ fn quick_scan(
 }
 
 /// Plan 2: the lowest `limit` seqs after the cursor among the index entries that match, or
-/// `None` once more than [`INDEX_PLAN_CAP`] entries were read. Entries are read whatever
+/// `None` once more than `cap` entries were read. Entries are read whatever
 /// their seq (the index orders them by subject), so the cap bounds the work even when the
 /// cursor is past most matches.
 fn lowest_from_index(
@@ -444,6 +512,7 @@ fn lowest_from_index(
     q: &LabelQuery,
     bounds: &[Option<String>],
     match_all: bool,
+    cap: usize,
 ) -> Result<Option<Vec<i64>>, Error> {
     let mut lowest = std::collections::BTreeSet::new();
     let mut read = 0;
@@ -452,7 +521,7 @@ fn lowest_from_index(
             let mut rows = stmt.query(args)?;
             while let Some(r) = rows.next()? {
                 read += 1;
-                if read > INDEX_PLAN_CAP {
+                if read > cap {
                     return Ok(false);
                 }
                 let seq: i64 = r.get(0)?;
