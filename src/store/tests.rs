@@ -300,8 +300,14 @@ fn exact_lookups_are_never_re_prepared() {
             ))
         })
         .unwrap();
-    assert!(runs >= 400, "the cached statement served the lookups ({runs} runs)");
-    assert_eq!(re_prepared, 0, "exact lookups re-prepared {re_prepared} times");
+    assert!(
+        runs >= 400,
+        "the cached statement served the lookups ({runs} runs)"
+    );
+    assert_eq!(
+        re_prepared, 0,
+        "exact lookups re-prepared {re_prepared} times"
+    );
 
     // The guard is not vacuous: the same statement on a connection without QPSG re-prepares.
     let plain = rusqlite::Connection::open(store.path()).unwrap();
@@ -320,7 +326,9 @@ fn visiting_borrows_the_same_rows_that_query_labels_returns() {
     for u in ["did:plc:a", "did:plc:b", "at://did:plc:a/x/1"] {
         store.write_labels(&[label(u, "spam", false)]).unwrap();
     }
-    store.write_labels(&[label("did:plc:a", "spam", true)]).unwrap();
+    store
+        .write_labels(&[label("did:plc:a", "spam", true)])
+        .unwrap();
     let q = LabelQuery {
         patterns: vec![UriPattern::Prefix("did:plc:".into())],
         sources: vec![key().did_key().to_owned()],
@@ -350,7 +358,10 @@ fn visiting_borrows_the_same_rows_that_query_labels_returns() {
         .unwrap();
     assert_eq!(seen, owned);
     assert_eq!(seen.len(), 2);
-    assert!(seen[1].signed.label.neg, "the negation replaced the original");
+    assert!(
+        seen[1].signed.label.neg,
+        "the negation replaced the original"
+    );
 }
 
 /// Every query plan (exact, index by subject or source, seq-order scan) returns exactly what a
@@ -394,10 +405,16 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
     let cases: Vec<(Vec<UriPattern>, Vec<String>)> = vec![
         (vec![UriPattern::Prefix("did:plc:a".into())], vec![]),
         (vec![UriPattern::Prefix("did:plc:".into())], vec![]),
-        (vec![UriPattern::Prefix("did:".into())], vec![theirs.clone()]),
+        (
+            vec![UriPattern::Prefix("did:".into())],
+            vec![theirs.clone()],
+        ),
         (vec![UriPattern::Prefix("at://did:plc:r7/".into())], vec![]),
         (vec![UriPattern::Prefix(String::new())], vec![]),
-        (vec![UriPattern::Prefix(String::new())], vec![theirs.clone()]),
+        (
+            vec![UriPattern::Prefix(String::new())],
+            vec![theirs.clone()],
+        ),
         (vec![UriPattern::Prefix(String::new())], vec![ours.clone()]),
         (
             vec![
@@ -454,7 +471,9 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
                     .collect();
                 // The inline (quick) form answers the same, or declines.
                 let mut quick = Vec::new();
-                if let Some(n) = store.visit_labels_quick(&q, |seq, _, _| quick.push(seq)).unwrap()
+                if let Some(n) = store
+                    .visit_labels_quick(&q, |seq, _, _| quick.push(seq))
+                    .unwrap()
                 {
                     assert_eq!((n, &quick), (page.len(), &page), "{q:?}");
                     answered_quickly += 1;
