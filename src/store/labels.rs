@@ -415,25 +415,30 @@ fn query_rows(
     }
     let simple = all_exact || (match_all && q.sources.is_empty());
     if simple {
-        scan_rows(c, q, &bounds, match_all, all_exact, each)?;
+        scan_rows(c, q, &bounds, match_all, all_exact, q.after, q.limit, each)?;
         return Ok(true);
     }
     // The multi-step plans run in one read transaction: one snapshot and one lock for all of
     // their statements, instead of one each (a `fcntl` and an `fstat` per statement).
     let tx = c.unchecked_transaction()?;
-    if let Some(seqs) = quick_scan(c, q, &bounds, match_all)? {
-        rows_by_seq(c, &seqs, each)?;
-        tx.commit()?;
-        return Ok(true);
-    }
-    let cap = match mode {
-        Mode::Quick => QUICK_INDEX_CAP,
-        Mode::Full => INDEX_PLAN_CAP,
-    };
-    match lowest_from_index(c, q, &bounds, match_all, cap)? {
-        Some(seqs) => rows_by_seq(c, &seqs, each)?,
-        None if mode == Mode::Quick => return Ok(false),
-        None => scan_rows(c, q, &bounds, match_all, all_exact, each)?,
+    // Plan 1 hands over the matches among the next few seqs: they open the page whatever
+    // follows, since every later match has a higher seq.
+    let end = q.after.saturating_add(QUICK_SCAN_FACTOR * q.limit as i64);
+    let found = quick_rows(c, q, &bounds, match_all, end, &mut each)?;
+    let rest = q.limit - found;
+    let head: Option<i64> = c
+        .prepare_cached("SELECT max(seq) FROM labels")?
+        .query_row([], |r| r.get(0))?;
+    if rest > 0 && head.is_some_and(|h| h > end) {
+        let cap = match mode {
+            Mode::Quick => QUICK_INDEX_CAP,
+            Mode::Full => INDEX_PLAN_CAP,
+        };
+        match lowest_from_index(c, q, &bounds, match_all, end, rest, cap)? {
+            Some(seqs) => rows_by_seq(c, &seqs, &mut each)?,
+            None if mode == Mode::Quick => return Ok(false),
+            None => scan_rows(c, q, &bounds, match_all, all_exact, end, rest, &mut each)?,
+        }
     }
     tx.commit()?;
     Ok(true)
@@ -441,17 +446,20 @@ fn query_rows(
 
 /// Plan 3 (and the simple shapes): one statement over the table in seq order, or over the
 /// `uri` index for exact subjects only.
+#[allow(clippy::too_many_arguments)]
 fn scan_rows(
     c: &Connection,
     q: &LabelQuery,
     bounds: &[Option<String>],
     match_all: bool,
     all_exact: bool,
+    after: i64,
+    limit: usize,
     mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let limit = q.limit as i64;
+    let limit = limit as i64;
     // ?1 is the cursor; the rest are numbered as they are pushed.
-    let mut args: Vec<&dyn ToSql> = vec![&q.after];
+    let mut args: Vec<&dyn ToSql> = vec![&after];
     let mut sql = if all_exact {
         let uris = q.patterns.iter().map(|p| match p {
             UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
@@ -479,31 +487,35 @@ fn scan_rows(
     Ok(())
 }
 
-/// Plan 1: the matching seqs among the next `QUICK_SCAN_FACTOR × limit` seqs after the
-/// cursor, if that is a full page (then it is exactly the page).
-fn quick_scan(
+/// Plan 1: hands the matches among the seqs in `(q.after, end]` to `each` (at most
+/// `q.limit`) and returns how many there were.
+fn quick_rows(
     c: &Connection,
     q: &LabelQuery,
     bounds: &[Option<String>],
     match_all: bool,
-) -> Result<Option<Vec<i64>>, Error> {
+    end: i64,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<usize, Error> {
     let limit = q.limit as i64;
-    let end = q.after.saturating_add(QUICK_SCAN_FACTOR * limit);
     let mut args: Vec<&dyn ToSql> = vec![&q.after, &end];
     let f = filter(&mut args, q, bounds, match_all, "+");
     args.push(&limit);
     let sql = format!(
-        "SELECT seq FROM labels WHERE seq > ?1 AND seq <= ?2{f} ORDER BY seq LIMIT ?{}",
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND seq <= ?2{f} ORDER BY seq LIMIT ?{}",
         args.len()
     );
-    let seqs: Vec<i64> = c
-        .prepare_cached(&sql)?
-        .query_map(args.as_slice(), |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok((seqs.len() == q.limit).then_some(seqs))
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(args.as_slice())?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        each(r)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
-/// Plan 2: the lowest `limit` seqs after the cursor among the index entries that match, or
+/// Plan 2: the lowest `limit` seqs above `after` among the index entries that match, or
 /// `None` once more than `cap` entries were read. Entries are read whatever
 /// their seq (the index orders them by subject), so the cap bounds the work even when the
 /// cursor is past most matches.
@@ -512,8 +524,11 @@ fn lowest_from_index(
     q: &LabelQuery,
     bounds: &[Option<String>],
     match_all: bool,
+    after: i64,
+    limit: usize,
     cap: usize,
 ) -> Result<Option<Vec<i64>>, Error> {
+    // The lowest seqs seen. A set, because a label matching two patterns is read twice.
     let mut lowest = std::collections::BTreeSet::new();
     let mut read = 0;
     let mut take =
@@ -525,11 +540,9 @@ fn lowest_from_index(
                     return Ok(false);
                 }
                 let seq: i64 = r.get(0)?;
-                if seq > q.after {
-                    lowest.insert(seq);
-                    if lowest.len() > q.limit {
-                        lowest.pop_last();
-                    }
+                let wanted = lowest.len() < limit || lowest.last().is_some_and(|&m| seq < m);
+                if seq > after && wanted && lowest.insert(seq) && lowest.len() > limit {
+                    lowest.pop_last();
                 }
             }
             Ok(true)

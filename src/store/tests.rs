@@ -435,6 +435,15 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
             ],
             vec![],
         ),
+        // Overlapping patterns: a label matching several is still returned once.
+        (
+            vec![
+                UriPattern::Prefix("did:web:h1".into()),
+                UriPattern::Exact("did:web:h1.example".into()),
+                UriPattern::Prefix("did:web:".into()),
+            ],
+            vec![],
+        ),
         (
             vec![
                 UriPattern::Prefix("at://".into()),
