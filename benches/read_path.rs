@@ -13,14 +13,17 @@
 //!
 //! - `exact`: `wrk -t2 -c64 --latency`, each request a uniformly random DID of the N
 //!   (`uriPatterns=<did>`), after a 3 s warm-up;
-//! - `prefix`: the same with `uriPatterns=did:plc:<2 random base32 chars>*` — about N/1024
-//!   matches, 50 returned in seq order (a full page);
+//! - `all`: 50-label pages of `uriPatterns=*` from a random cursor;
+//! - `broad`: 50-label pages of `uriPatterns=did:plc:*` (every label matches) from a random
+//!   cursor;
+//! - `prefix`: `uriPatterns=did:plc:<2 random base32 chars>*` from the start — about N/1024
+//!   matches spread over the whole table, the lowest 50 returned in seq order;
 //! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body into owned
 //!   structs with `serde_ipld_dagcbor` and checks that seq strictly increases, N frames;
 //! - `backfill100`: 100 such clients at once, each from `cursor = N - sub_labels`.
 //!
 //! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
-//! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all four). Needs `wrk` on PATH for
+//! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all six). Needs `wrk` on PATH for
 //! the HTTP phases (`apt-get install -y wrk`); they are skipped with a note without it.
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
@@ -73,9 +76,16 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         duration: 10,
         subscribers: 100,
         sub_labels: 200_000,
-        phases: ["exact", "prefix", "backfill1", "backfill100"]
-            .map(str::to_owned)
-            .to_vec(),
+        phases: [
+            "exact",
+            "all",
+            "broad",
+            "prefix",
+            "backfill1",
+            "backfill100",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -212,6 +222,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let prefix_lua = dir.join("prefix.lua");
     std::fs::write(&exact_lua, EXACT_LUA)?;
     std::fs::write(&prefix_lua, PREFIX_LUA)?;
+    let all_lua = dir.join("all.lua");
+    let broad_lua = dir.join("broad.lua");
+    std::fs::write(&all_lua, paged_lua("*", a.labels))?;
+    std::fs::write(&broad_lua, paged_lua("did:plc:*", a.labels))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
 
     println!("{}", machine_notes());
@@ -222,12 +236,14 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     for run in 1..=a.runs {
         for phase in &a.phases {
             let sample = match phase.as_str() {
-                "exact" | "prefix" if !have_wrk => {
+                "exact" | "all" | "broad" | "prefix" if !have_wrk => {
                     println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
                     continue;
                 }
                 "exact" => wrk_phase(&db, &exact_lua, &dids, a.duration)?,
                 "prefix" => wrk_phase(&db, &prefix_lua, &dids, a.duration)?,
+                "all" => wrk_phase(&db, &all_lua, &dids, a.duration)?,
+                "broad" => wrk_phase(&db, &broad_lua, &dids, a.duration)?,
                 "backfill1" => rt.block_on(backfill_phase(&db, 1, a.labels, a.labels))?,
                 "backfill100" => {
                     rt.block_on(backfill_phase(&db, a.subscribers, a.labels, a.sub_labels))?
@@ -393,6 +409,26 @@ function request()
   return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=50&uriPatterns=did:plc:" .. alphabet:sub(a, a) .. alphabet:sub(b, b) .. "*")
 end
 "#;
+
+/// 50-label pages of `pattern` from a random cursor.
+fn paged_lua(pattern: &str, labels: usize) -> String {
+    format!(
+        r#"
+local t = 0
+function setup(thread)
+  t = t + 1
+  thread:set("tid", t)
+end
+function init(args)
+  math.randomseed(os.time() * 7 + (tid or 0))
+end
+function request()
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=50&uriPatterns={pattern}&cursor=" .. math.random(0, {last}))
+end
+"#,
+        last = labels.saturating_sub(50)
+    )
+}
 
 /// Runs wrk against a fresh server: 3 s warm-up, then `duration` seconds measured.
 fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Result<Sample> {

@@ -63,7 +63,7 @@ const BLOCKING_QUERIES: usize = 2;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the metrics recorder's buffers are drained (see [`metrics_upkeep`]).
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Bounds on `poll_interval`: short enough that another process's label reaches subscribers
 /// within a second, long enough not to spin.
@@ -303,12 +303,18 @@ impl Server {
 /// Drains the Prometheus recorder's histogram buffers now and then. `install_recorder` spawns
 /// no upkeep task, and without one (or a scrape) every recorded queryLabels latency would be
 /// kept until the next `/metrics` request.
+///
+/// It runs on the blocking pool: draining a few seconds of samples takes long enough to show
+/// in the latency of requests queued behind it on a worker.
 async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     let mut tick = tokio::time::interval(METRICS_UPKEEP);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = tick.tick() => {
+                let handle = handle.clone();
+                let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+            }
         }
     }
 }
