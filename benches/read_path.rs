@@ -206,6 +206,8 @@ struct Sample {
     cpu_us: f64,
     /// Server peak RSS in MiB.
     hwm: f64,
+    /// This process's CPU µs per label (the decoding clients; backfill phases).
+    client_us: f64,
     /// Wall seconds.
     secs: f64,
 }
@@ -251,8 +253,14 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                 other => bail!("unknown phase {other}"),
             };
             println!(
-                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  VmHWM {:>6.1} MiB  {:>6.2} s",
-                sample.rate, sample.p50, sample.p99, sample.cpu_us, sample.hwm, sample.secs
+                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s",
+                sample.rate,
+                sample.p50,
+                sample.p99,
+                sample.cpu_us,
+                sample.client_us,
+                sample.hwm,
+                sample.secs
             );
             match results.iter_mut().find(|(p, _)| p == phase) {
                 Some((_, v)) => v.push(sample),
@@ -264,8 +272,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
         "\nsummary ({} labels, {} run(s)): median (min–max)",
         a.labels, a.runs
     );
-    println!("| phase | rate/s | p50 ms | p99 ms | server µs CPU each | server VmHWM MiB |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| phase | rate/s | p50 ms | p99 ms | server µs CPU each | client µs CPU each | server VmHWM MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (phase, samples) in &results {
         let col = |f: fn(&Sample) -> f64, prec: usize| {
             let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -278,11 +288,12 @@ fn drive(a: &Args) -> anyhow::Result<()> {
             )
         };
         println!(
-            "| {phase} | {} | {} | {} | {} | {} |",
+            "| {phase} | {} | {} | {} | {} | {} | {} |",
             col(|s| s.rate, 0),
             col(|s| s.p50, 2),
             col(|s| s.p99, 2),
             col(|s| s.cpu_us, 2),
+            col(|s| s.client_us, 2),
             col(|s| s.hwm, 1),
         );
     }
@@ -482,6 +493,7 @@ fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Re
         cpu_us: (cpu1 - cpu0) * 1e6 / requests,
         hwm,
         secs,
+        client_us: 0.0,
     })
 }
 
@@ -540,6 +552,7 @@ async fn backfill_phase(
         total - each
     );
     let (cpu0, _) = server.usage()?;
+    let own0 = own_cpu()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| tokio::spawn(subscribe(url.clone(), each)))
@@ -549,15 +562,25 @@ async fn backfill_phase(
         frames += t.await??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let own1 = own_cpu()?;
     let (cpu1, hwm) = server.usage()?;
     server.stop()?;
     Ok(Sample {
         rate: frames as f64 / secs,
         cpu_us: (cpu1 - cpu0) * 1e6 / frames as f64,
+        client_us: (own1 - own0) * 1e6 / frames as f64,
         hwm,
         secs,
         ..Sample::default()
     })
+}
+
+/// CPU seconds used by this process so far.
+fn own_cpu() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / 100.0)
 }
 
 /// One subscriber: decodes `expect` frames, checking order, then closes.
