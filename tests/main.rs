@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
 mod common;
-mod vectors;
 mod query_labels;
 mod server;
 mod subscribe_labels;
+mod vectors;
