@@ -7,10 +7,10 @@
 //! distribution endpoints, labeler identity); the details and the reasoning are in
 //! `labels-protocol.md` §3.2, §4, §5 and §7.
 //!
-//! Layout: [`query`] (queryLabels), [`subscribe`] (one task per stream subscriber),
-//! [`live`] (the one task that publishes committed labels to subscribers), [`status`]
-//! (health, DID document, metrics, verification state), [`error`] (the XRPC error enum that
-//! owns every status code), [`params`] (raw query strings).
+//! Layout: `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
+//! one task that publishes committed labels to subscribers), `status` (health, DID document,
+//! metrics, verification state), `error` (the XRPC error enum that owns every status code),
+//! `params` (raw query strings).
 //!
 //! HTTP routes run under a request timeout and a body limit; the WebSocket upgrade returns at
 //! once and its connection lives in its own task outside both. [`Server::run`] owns the live
@@ -234,7 +234,8 @@ impl Server {
 
     /// Serves on `listener` and runs the live feed until `shutdown` is cancelled; then stops
     /// accepting, closes every subscriber with 1001 and returns. Bounded: in-flight requests
-    /// get [`SHUTDOWN_GRACE`], subscribers another, so a misbehaving client cannot hold it.
+    /// get 2 s (`SHUTDOWN_GRACE`), subscribers another 2 s, so a misbehaving client cannot
+    /// hold it.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
