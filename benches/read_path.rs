@@ -18,8 +18,9 @@
 //!   cursor;
 //! - `prefix`: `uriPatterns=did:plc:<2 random base32 chars>*` from the start — about N/1024
 //!   matches spread over the whole table, the lowest 50 returned in seq order;
-//! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body into owned
-//!   structs with `serde_ipld_dagcbor` and checks that seq strictly increases, N frames;
+//! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body with
+//!   `serde_ipld_dagcbor` (every field; strings borrowed from the frame) and checks that seq
+//!   strictly increases, N frames;
 //! - `backfill100`: 100 such clients at once, each from `cursor = N - sub_labels`.
 //!
 //! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
@@ -517,24 +518,26 @@ struct Header {
 }
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
     seq: i64,
-    labels: Vec<WireLabel>,
+    #[serde(borrow)]
+    labels: Vec<WireLabel<'a>>,
 }
 
-/// Owned decode of every field, as a consumer would.
+/// Every field decoded (strings borrowed from the frame, as a careful consumer would).
 #[derive(Deserialize)]
 #[allow(dead_code)]
-struct WireLabel {
+struct WireLabel<'a> {
     ver: i64,
-    src: String,
-    uri: String,
-    cid: Option<String>,
-    val: String,
+    src: &'a str,
+    uri: &'a str,
+    cid: Option<&'a str>,
+    val: &'a str,
     neg: Option<bool>,
-    cts: String,
-    exp: Option<String>,
-    sig: serde_bytes::ByteBuf,
+    cts: &'a str,
+    exp: Option<&'a str>,
+    #[serde(borrow)]
+    sig: &'a serde_bytes::Bytes,
 }
 
 /// `clients` decoding subscribers at once, each from `cursor = total - each` expecting `each`
@@ -596,7 +599,7 @@ async fn subscribe(url: String, expect: usize) -> anyhow::Result<usize> {
                 if h.op != 1 || h.t.as_deref() != Some("#labels") {
                     bail!("unexpected frame after {n} labels");
                 }
-                let body: Body = serde_ipld_dagcbor::de::from_reader_once(&mut r)?;
+                let body: Body<'_> = serde_ipld_dagcbor::from_slice(&b[r.position() as usize..])?;
                 if body.seq <= last || body.labels.len() != 1 {
                     bail!("seq {} after {last}", body.seq);
                 }
