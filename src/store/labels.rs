@@ -202,8 +202,9 @@ impl Store {
     }
 
     /// Like [`Store::visit_labels`], but only when the answer is cheap — a bounded number of
-    /// index probes or a page-sized scan, a few tens of microseconds — and `None` (having
-    /// called `each` on nothing) when the query needs a plan whose cost grows with the data.
+    /// index probes or a page-sized scan, a few tens of microseconds. `None` when the query
+    /// needs a plan whose cost grows with the data; `each` may then have seen the first rows
+    /// of the page, which the caller discards before asking [`Store::visit_labels`].
     ///
     /// Meant to run inline on an async worker: the common queries (one DID, a few DIDs, `*`,
     /// broad prefixes) never pay for a hop to the blocking pool.
