@@ -13,14 +13,18 @@
 //!
 //! - `exact`: `wrk -t2 -c64 --latency`, each request a uniformly random DID of the N
 //!   (`uriPatterns=<did>`), after a 3 s warm-up;
-//! - `prefix`: the same with `uriPatterns=did:plc:<2 random base32 chars>*` — about N/1024
-//!   matches, 50 returned in seq order (a full page);
-//! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body into owned
-//!   structs with `serde_ipld_dagcbor` and checks that seq strictly increases, N frames;
+//! - `all`: 50-label pages of `uriPatterns=*` from a random cursor;
+//! - `broad`: 50-label pages of `uriPatterns=did:plc:*` (every label matches) from a random
+//!   cursor;
+//! - `prefix`: `uriPatterns=did:plc:<2 random base32 chars>*` from the start — about N/1024
+//!   matches spread over the whole table, the lowest 50 returned in seq order;
+//! - `backfill1`: one client, `cursor=0`, decodes every frame's header and body with
+//!   `serde_ipld_dagcbor` (every field; strings borrowed from the frame) and checks that seq
+//!   strictly increases, N frames;
 //! - `backfill100`: 100 such clients at once, each from `cursor = N - sub_labels`.
 //!
 //! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
-//! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all four). Needs `wrk` on PATH for
+//! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all six). Needs `wrk` on PATH for
 //! the HTTP phases (`apt-get install -y wrk`); they are skipped with a note without it.
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
@@ -73,9 +77,16 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         duration: 10,
         subscribers: 100,
         sub_labels: 200_000,
-        phases: ["exact", "prefix", "backfill1", "backfill100"]
-            .map(str::to_owned)
-            .to_vec(),
+        phases: [
+            "exact",
+            "all",
+            "broad",
+            "prefix",
+            "backfill1",
+            "backfill100",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -196,6 +207,8 @@ struct Sample {
     cpu_us: f64,
     /// Server peak RSS in MiB.
     hwm: f64,
+    /// This process's CPU µs per label (the decoding clients; backfill phases).
+    client_us: f64,
     /// Wall seconds.
     secs: f64,
 }
@@ -212,6 +225,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let prefix_lua = dir.join("prefix.lua");
     std::fs::write(&exact_lua, EXACT_LUA)?;
     std::fs::write(&prefix_lua, PREFIX_LUA)?;
+    let all_lua = dir.join("all.lua");
+    let broad_lua = dir.join("broad.lua");
+    std::fs::write(&all_lua, paged_lua("*", a.labels))?;
+    std::fs::write(&broad_lua, paged_lua("did:plc:*", a.labels))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
 
     println!("{}", machine_notes());
@@ -222,12 +239,14 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     for run in 1..=a.runs {
         for phase in &a.phases {
             let sample = match phase.as_str() {
-                "exact" | "prefix" if !have_wrk => {
+                "exact" | "all" | "broad" | "prefix" if !have_wrk => {
                     println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
                     continue;
                 }
                 "exact" => wrk_phase(&db, &exact_lua, &dids, a.duration)?,
                 "prefix" => wrk_phase(&db, &prefix_lua, &dids, a.duration)?,
+                "all" => wrk_phase(&db, &all_lua, &dids, a.duration)?,
+                "broad" => wrk_phase(&db, &broad_lua, &dids, a.duration)?,
                 "backfill1" => rt.block_on(backfill_phase(&db, 1, a.labels, a.labels))?,
                 "backfill100" => {
                     rt.block_on(backfill_phase(&db, a.subscribers, a.labels, a.sub_labels))?
@@ -235,8 +254,14 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                 other => bail!("unknown phase {other}"),
             };
             println!(
-                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  VmHWM {:>6.1} MiB  {:>6.2} s",
-                sample.rate, sample.p50, sample.p99, sample.cpu_us, sample.hwm, sample.secs
+                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s",
+                sample.rate,
+                sample.p50,
+                sample.p99,
+                sample.cpu_us,
+                sample.client_us,
+                sample.hwm,
+                sample.secs
             );
             match results.iter_mut().find(|(p, _)| p == phase) {
                 Some((_, v)) => v.push(sample),
@@ -248,8 +273,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
         "\nsummary ({} labels, {} run(s)): median (min–max)",
         a.labels, a.runs
     );
-    println!("| phase | rate/s | p50 ms | p99 ms | server µs CPU each | server VmHWM MiB |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| phase | rate/s | p50 ms | p99 ms | server µs CPU each | client µs CPU each | server VmHWM MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (phase, samples) in &results {
         let col = |f: fn(&Sample) -> f64, prec: usize| {
             let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -262,11 +289,12 @@ fn drive(a: &Args) -> anyhow::Result<()> {
             )
         };
         println!(
-            "| {phase} | {} | {} | {} | {} | {} |",
+            "| {phase} | {} | {} | {} | {} | {} | {} |",
             col(|s| s.rate, 0),
             col(|s| s.p50, 2),
             col(|s| s.p99, 2),
             col(|s| s.cpu_us, 2),
+            col(|s| s.client_us, 2),
             col(|s| s.hwm, 1),
         );
     }
@@ -394,6 +422,26 @@ function request()
 end
 "#;
 
+/// 50-label pages of `pattern` from a random cursor.
+fn paged_lua(pattern: &str, labels: usize) -> String {
+    format!(
+        r#"
+local t = 0
+function setup(thread)
+  t = t + 1
+  thread:set("tid", t)
+end
+function init(args)
+  math.randomseed(os.time() * 7 + (tid or 0))
+end
+function request()
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=50&uriPatterns={pattern}&cursor=" .. math.random(0, {last}))
+end
+"#,
+        last = labels.saturating_sub(50)
+    )
+}
+
 /// Runs wrk against a fresh server: 3 s warm-up, then `duration` seconds measured.
 fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Result<Sample> {
     let server = ServerProcess::start(db)?;
@@ -446,6 +494,7 @@ fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Re
         cpu_us: (cpu1 - cpu0) * 1e6 / requests,
         hwm,
         secs,
+        client_us: 0.0,
     })
 }
 
@@ -469,24 +518,26 @@ struct Header {
 }
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
     seq: i64,
-    labels: Vec<WireLabel>,
+    #[serde(borrow)]
+    labels: Vec<WireLabel<'a>>,
 }
 
-/// Owned decode of every field, as a consumer would.
+/// Every field decoded (strings borrowed from the frame, as a careful consumer would).
 #[derive(Deserialize)]
 #[allow(dead_code)]
-struct WireLabel {
+struct WireLabel<'a> {
     ver: i64,
-    src: String,
-    uri: String,
-    cid: Option<String>,
-    val: String,
+    src: &'a str,
+    uri: &'a str,
+    cid: Option<&'a str>,
+    val: &'a str,
     neg: Option<bool>,
-    cts: String,
-    exp: Option<String>,
-    sig: serde_bytes::ByteBuf,
+    cts: &'a str,
+    exp: Option<&'a str>,
+    #[serde(borrow)]
+    sig: &'a serde_bytes::Bytes,
 }
 
 /// `clients` decoding subscribers at once, each from `cursor = total - each` expecting `each`
@@ -504,6 +555,7 @@ async fn backfill_phase(
         total - each
     );
     let (cpu0, _) = server.usage()?;
+    let own0 = own_cpu()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| tokio::spawn(subscribe(url.clone(), each)))
@@ -513,15 +565,25 @@ async fn backfill_phase(
         frames += t.await??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let own1 = own_cpu()?;
     let (cpu1, hwm) = server.usage()?;
     server.stop()?;
     Ok(Sample {
         rate: frames as f64 / secs,
         cpu_us: (cpu1 - cpu0) * 1e6 / frames as f64,
+        client_us: (own1 - own0) * 1e6 / frames as f64,
         hwm,
         secs,
         ..Sample::default()
     })
+}
+
+/// CPU seconds used by this process so far.
+fn own_cpu() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / 100.0)
 }
 
 /// One subscriber: decodes `expect` frames, checking order, then closes.
@@ -537,7 +599,7 @@ async fn subscribe(url: String, expect: usize) -> anyhow::Result<usize> {
                 if h.op != 1 || h.t.as_deref() != Some("#labels") {
                     bail!("unexpected frame after {n} labels");
                 }
-                let body: Body = serde_ipld_dagcbor::de::from_reader_once(&mut r)?;
+                let body: Body<'_> = serde_ipld_dagcbor::from_slice(&b[r.position() as usize..])?;
                 if body.seq <= last || body.labels.len() != 1 {
                     bail!("seq {} after {last}", body.seq);
                 }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::server::{
-    Event, Subscriber, TestServer, WAIT, decode, key, label, options, seed,
+    Event, Subscriber, TestServer, WAIT, decode, key, label, options, seed, seed_labels,
 };
 use crate::common::{label_vectors, unhex};
 
@@ -339,6 +339,40 @@ async fn a_consumer_that_never_reads_is_cut_off_and_others_keep_receiving() {
         metrics.contains("labeler_server_subscribers_too_slow_total"),
         "{metrics}"
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_lagging_the_live_feed_gets_consumer_too_slow() {
+    // A ring of 4 frames, and a burst of 1,200 labels in one commit: the feed publishes them in
+    // one go, far faster than any connection can write them, so the subscriber falls more than
+    // 4 frames behind while its writes never stall.
+    let s = TestServer::start(Options {
+        subscriber_buffer: 4,
+        ..options()
+    })
+    .await;
+    let mut sub = s.subscribe("").await;
+    s.store.write_labels(seed_labels()).unwrap();
+    let mut received = 0;
+    loop {
+        match sub.next_event().await {
+            Event::Labels { .. } => received += 1,
+            Event::Error { error, .. } => {
+                assert_eq!(error, "ConsumerTooSlow");
+                break;
+            }
+            Event::Closed(code) => panic!("closed ({code:?}) without an error frame"),
+        }
+    }
+    assert!(
+        received < seed_labels().len(),
+        "{received} frames before the cut"
+    );
+    assert!(matches!(sub.next_event().await, Event::Closed(Some(1008))));
+    // It can come back with its cursor and catch up from SQLite.
+    let mut again = s.subscribe(&format!("cursor={received}")).await;
+    assert_eq!(again.next_label().await.0, received as i64 + 1);
     s.stop().await;
 }
 

@@ -133,7 +133,9 @@ impl LiveFeed {
         };
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut more = false;
+        // Read once before waiting: a commit between the head read in `Server::run` and the
+        // watcher's first `data_version` would otherwise go unnoticed.
+        let mut more = true;
         loop {
             let ours = if more && !stop.is_cancelled() {
                 // The previous round stopped at its page budget: read on without waiting.

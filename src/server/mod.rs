@@ -7,10 +7,10 @@
 //! distribution endpoints, labeler identity); the details and the reasoning are in
 //! `labels-protocol.md` §3.2, §4, §5 and §7.
 //!
-//! Layout: [`query`] (queryLabels), [`subscribe`] (one task per stream subscriber),
-//! [`live`] (the one task that publishes committed labels to subscribers), [`status`]
-//! (health, DID document, metrics, verification state), [`error`] (the XRPC error enum that
-//! owns every status code), [`params`] (raw query strings).
+//! Layout: `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
+//! one task that publishes committed labels to subscribers), `status` (health, DID document,
+//! metrics, verification state), `error` (the XRPC error enum that owns every status code),
+//! `params` (raw query strings).
 //!
 //! HTTP routes run under a request timeout and a body limit; the WebSocket upgrade returns at
 //! once and its connection lives in its own task outside both. [`Server::run`] owns the live
@@ -52,11 +52,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// can make us read.
 const MAX_BODY: usize = 16 * 1024;
 
+/// Requests whose database work runs on the blocking pool at the same time (prefix and
+/// source queries, getVerification, health). Each holds a pooled read connection: together
+/// with the inline lookups (one per runtime worker), [`subscribe::BACKFILL_READERS`] and the
+/// live feed this stays within the store's idle pool, so connections are reused rather than
+/// opened per request, and with two cores more would only queue in the kernel instead.
+const BLOCKING_QUERIES: usize = 2;
+
 /// How long shutdown waits for in-flight HTTP requests, and then again for subscribers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the metrics recorder's buffers are drained (see [`metrics_upkeep`]).
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Bounds on `poll_interval`: short enough that another process's label reaches subscribers
 /// within a second, long enough not to spin.
@@ -73,7 +80,8 @@ pub struct Options {
     /// Cap on concurrent subscribeLabels connections; more are refused with 503.
     pub max_subscribers: usize,
     /// Live frames a subscriber may fall behind by before it is closed as too slow. This is
-    /// the capacity of the shared broadcast ring, so memory does not grow with subscribers.
+    /// the capacity of the shared broadcast ring (tokio rounds it up to a power of two), so
+    /// memory does not grow with subscribers.
     pub subscriber_buffer: usize,
     /// A frame write stalled this long means the consumer is too slow.
     pub write_timeout: Duration,
@@ -131,6 +139,8 @@ pub(crate) struct Shared {
     pub(crate) subscriber_slots: Arc<Semaphore>,
     /// Permits to read a backfill page ([`subscribe::BACKFILL_READERS`]).
     pub(crate) backfill_slots: Semaphore,
+    /// Permits for request work on the blocking pool ([`BLOCKING_QUERIES`]).
+    query_slots: Semaphore,
     /// Cancelled when the server stops: subscribers close, new ones are refused.
     pub(crate) stop: CancellationToken,
     /// Subscriber connections, so shutdown can wait for their goodbyes.
@@ -141,6 +151,25 @@ pub(crate) struct Shared {
     pub(crate) query_latency: metrics::Histogram,
     /// Request counters by route and status, registered on first use.
     http_requests: HttpCounters,
+}
+
+impl Shared {
+    /// Runs `f` on the blocking pool, at most [`BLOCKING_QUERIES`] at a time.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, XrpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static,
+    {
+        let _slot = self
+            .query_slots
+            .acquire()
+            .await
+            .map_err(|e| XrpcError::Internal(Box::new(e)))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| XrpcError::Internal(Box::new(e)))?
+    }
 }
 
 impl Server {
@@ -158,6 +187,7 @@ impl Server {
                 store,
                 subscriber_slots: Arc::new(Semaphore::new(options.max_subscribers)),
                 backfill_slots: Semaphore::new(subscribe::BACKFILL_READERS),
+                query_slots: Semaphore::new(BLOCKING_QUERIES),
                 options,
                 metrics,
                 live,
@@ -204,7 +234,8 @@ impl Server {
 
     /// Serves on `listener` and runs the live feed until `shutdown` is cancelled; then stops
     /// accepting, closes every subscriber with 1001 and returns. Bounded: in-flight requests
-    /// get [`SHUTDOWN_GRACE`], subscribers another, so a misbehaving client cannot hold it.
+    /// get 2 s (`SHUTDOWN_GRACE`), subscribers another 2 s, so a misbehaving client cannot
+    /// hold it.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
@@ -273,12 +304,18 @@ impl Server {
 /// Drains the Prometheus recorder's histogram buffers now and then. `install_recorder` spawns
 /// no upkeep task, and without one (or a scrape) every recorded queryLabels latency would be
 /// kept until the next `/metrics` request.
+///
+/// It runs on the blocking pool: draining a few seconds of samples takes long enough to show
+/// in the latency of requests queued behind it on a worker.
 async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     let mut tick = tokio::time::interval(METRICS_UPKEEP);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = tick.tick() => {
+                let handle = handle.clone();
+                let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+            }
         }
     }
 }

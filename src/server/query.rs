@@ -11,9 +11,10 @@
 //!   without one.
 //!
 //! The hot path (a relay asking about one DID) runs its indexed lookup inline on a pooled read
-//! connection and writes JSON straight from SQLite's buffers; so does `*` (a page of the table
-//! in seq order). Anything whose cost grows with the data (a prefix pattern, sources, many
-//! patterns) runs on the blocking pool so a worker thread never stalls.
+//! connection and writes JSON straight from SQLite's buffers, and so does every query the
+//! store can answer cheaply (a few DIDs, `*`, a broad prefix: `Store::visit_labels_quick`).
+//! A query whose cost grows with the data (a narrow prefix over many labels, sources, many
+//! patterns) is retried on the blocking pool so a worker thread never stalls.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +37,6 @@ const MAX_LIMIT: i64 = 250;
 /// this keeps one request's work bounded (each pattern is an index probe).
 const MAX_VALUES: usize = 250;
 
-/// Requests with at most this many exact patterns (and no prefix) run inline.
-const MAX_INLINE_PATTERNS: usize = 16;
-
 /// `GET /xrpc/com.atproto.label.queryLabels`.
 pub(crate) async fn query_labels(
     State(shared): State<Arc<Shared>>,
@@ -46,13 +44,12 @@ pub(crate) async fn query_labels(
 ) -> Result<Response, XrpcError> {
     let started = Instant::now();
     let q = parse(uri.query().unwrap_or(""))?;
-    let body = if is_cheap(&q) {
-        page_json(&shared.store, &q)?
-    } else {
-        let store = shared.store.clone();
-        tokio::task::spawn_blocking(move || page_json(&store, &q))
-            .await
-            .map_err(|e| XrpcError::Internal(Box::new(e)))??
+    let body = match page_json(&shared.store, &q, true)? {
+        Some(body) => body,
+        None => shared
+            .blocking(move |store| page_json(store, &q, false))
+            .await?
+            .ok_or_else(|| XrpcError::Internal("full query gave no answer".into()))?,
     };
     shared.query_latency.record(started.elapsed().as_secs_f64());
     Ok(json_body(body))
@@ -125,32 +122,32 @@ fn pattern(p: &str) -> Result<UriPattern, XrpcError> {
     }
 }
 
-/// True when the query's cost is bounded by its page size: a few exact subjects (index
-/// probes), or `*` without sources (the table in seq order from the cursor). Anything else may
-/// read thousands of index entries or scan (see `store::labels::query_rows`).
-fn is_cheap(q: &LabelQuery) -> bool {
-    let exact = q.patterns.len() <= MAX_INLINE_PATTERNS
-        && q.patterns.iter().all(|p| matches!(p, UriPattern::Exact(_)));
-    let everything = q.sources.is_empty()
-        && q.patterns
-            .iter()
-            .any(|p| matches!(p, UriPattern::Prefix(p) if p.is_empty()));
-    exact || everything
-}
-
 /// Runs the query and writes the response body: `{"labels":[…],"cursor":"<seq>"}`, the
-/// cursor only after a full page.
-fn page_json(store: &crate::store::Store, q: &LabelQuery) -> Result<Vec<u8>, XrpcError> {
+/// cursor only after a full page. With `quick`, only when the store can answer cheaply
+/// (`None` otherwise: retry on the blocking pool).
+fn page_json(
+    store: &crate::store::Store,
+    q: &LabelQuery,
+    quick: bool,
+) -> Result<Option<Vec<u8>>, XrpcError> {
     let mut out = Vec::with_capacity(64 + 300 * q.limit.min(8));
     out.extend_from_slice(b"{\"labels\":[");
     let mut last = None;
-    let n = store.visit_labels(q, |seq, label, sig| {
+    let mut each = |seq, label: &LabelRef<'_>, sig: &[u8]| {
         if last.is_some() {
             out.push(b',');
         }
         write_label_json(&mut out, label, sig);
         last = Some(seq);
-    })?;
+    };
+    let n = if quick {
+        match store.visit_labels_quick(q, &mut each)? {
+            Some(n) => n,
+            None => return Ok(None),
+        }
+    } else {
+        store.visit_labels(q, &mut each)?
+    };
     out.push(b']');
     if let Some(seq) = last.filter(|_| n >= q.limit) {
         out.extend_from_slice(b",\"cursor\":\"");
@@ -158,7 +155,7 @@ fn page_json(store: &crate::store::Store, q: &LabelQuery) -> Result<Vec<u8>, Xrp
         out.push(b'"');
     }
     out.push(b'}');
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Writes one label in its lexicon JSON form, byte-identical to [`crate::label::serialize_json`]

@@ -22,10 +22,10 @@ pub(crate) const ATTESTATION_NSID: &str = "email.atmos.attestation";
 /// database does not answer (the shape Ozone and skyware use).
 pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let version = env!("CARGO_PKG_VERSION");
-    match shared.store.call(|s| s.ping()).await {
+    match shared.blocking(|s| Ok(s.ping()?)).await {
         Ok(()) => json_body(json!({ "version": version }).to_string()),
         Err(e) => {
-            tracing::warn!(error = %e, "health check: database unreachable");
+            tracing::warn!(error = ?e, "health check: database unreachable");
             let body = json!({ "version": version, "error": "Service Unavailable" });
             (StatusCode::SERVICE_UNAVAILABLE, json_body(body.to_string())).into_response()
         }
@@ -110,8 +110,7 @@ pub(crate) async fn get_verification(
     let labeler = shared.options.labeler_did.clone();
     let subject = did.clone();
     let (attestations, labels) = shared
-        .store
-        .call(move |s| {
+        .blocking(move |s| {
             Ok((
                 s.attestations_for(&subject)?,
                 s.current_labels(&labeler, &subject)?,

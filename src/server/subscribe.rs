@@ -48,9 +48,9 @@ use crate::frame;
 use crate::telemetry;
 
 /// Backfill pages read from SQLite at the same time, across all subscribers. Two cores gain
-/// nothing from more; each reader holds a connection and a page buffer, so this also caps the
-/// memory of many simultaneous backfills.
-pub(crate) const BACKFILL_READERS: usize = 4;
+/// nothing from more; each reader holds a pooled connection and a page buffer, so this also
+/// caps the memory of many simultaneous backfills.
+pub(crate) const BACKFILL_READERS: usize = 2;
 
 /// Live frames written per flush when several are queued.
 const LIVE_BATCH: usize = 256;

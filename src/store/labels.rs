@@ -190,23 +190,30 @@ impl Store {
     /// in seq order, and returns how many rows matched. This is the allocation-free form of
     /// [`Store::query_labels`] that the server encodes JSON from.
     ///
-    /// Runs inline on a pooled read connection: an indexed lookup takes microseconds, less
-    /// than a hop to the blocking pool would cost.
+    /// Its cost can grow with the data (see [`Store::visit_labels_quick`]): call it from the
+    /// blocking pool.
     pub fn visit_labels(
         &self,
         q: &LabelQuery,
-        mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+        each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
     ) -> Result<usize, Error> {
-        self.read(|c| {
-            let mut n = 0;
-            query_rows(c, q, |r| {
-                let (seq, label, sig) = borrow_row(r)?;
-                each(seq, &label, sig);
-                n += 1;
-                Ok(())
-            })?;
-            Ok(n)
-        })
+        self.read(|c| visit(c, q, Mode::Full, each))
+            .map(|n| n.unwrap_or(0))
+    }
+
+    /// Like [`Store::visit_labels`], but only when the answer is cheap — a bounded number of
+    /// index probes or a page-sized scan, a few tens of microseconds. `None` when the query
+    /// needs a plan whose cost grows with the data; `each` may then have seen the first rows
+    /// of the page, which the caller discards before asking [`Store::visit_labels`].
+    ///
+    /// Meant to run inline on an async worker: the common queries (one DID, a few DIDs, `*`,
+    /// broad prefixes) never pay for a hop to the blocking pool.
+    pub fn visit_labels_quick(
+        &self,
+        q: &LabelQuery,
+        each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+    ) -> Result<Option<usize>, Error> {
+        self.read(|c| visit(c, q, Mode::Quick, each))
     }
 
     /// Every label ever written (the append-only history), in commit order.
@@ -308,21 +315,57 @@ pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
 
 fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
     let mut out = Vec::new();
-    query_rows(c, q, |r| {
+    query_rows(c, q, Mode::Full, |r| {
         out.push(from_row(r)?);
         Ok(())
     })?;
     Ok(out)
 }
 
+/// Whether a query may use the plans whose cost grows with the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Only bounded plans; give up (`None`) otherwise.
+    Quick,
+    /// Any plan.
+    Full,
+}
+
+/// Most exact subjects answered in [`Mode::Quick`] (each is an index probe).
+const QUICK_MAX_EXACT: usize = 16;
+
+/// Most index entries read in [`Mode::Quick`]: a narrow prefix such as the records of one
+/// account (`at://did:plc:…/*`) is answered inline.
+const QUICK_INDEX_CAP: usize = 256;
+
+fn visit(
+    c: &Connection,
+    q: &LabelQuery,
+    mode: Mode,
+    mut each: impl FnMut(i64, &LabelRef<'_>, &[u8]),
+) -> Result<Option<usize>, Error> {
+    let mut n = 0;
+    let done = query_rows(c, q, mode, |r| {
+        let (seq, label, sig) = borrow_row(r)?;
+        each(seq, &label, sig);
+        n += 1;
+        Ok(())
+    })?;
+    Ok(done.then_some(n))
+}
+
+/// Rows a queryLabels request first scans in seq order, as a multiple of its limit: a broad
+/// pattern (half the labels or more match) finds its page within them.
+const QUICK_SCAN_FACTOR: i64 = 2;
+
 /// Most index entries a queryLabels request reads to find its page by subject or source.
 ///
 /// Rows are wanted in seq order, but the `uri` and `(src, …)` indexes order them by subject,
 /// so an index plan reads every match to find the lowest seqs: its cost grows with the number
 /// of matches. Scanning the table in seq order and filtering costs about `limit × rows /
-/// matches` instead, which is cheaper for broad patterns. A capped count of the matches picks
-/// the plan; the two costs cross near `sqrt(limit × rows)`, a few thousand at a million labels.
-const INDEX_PLAN_CAP: i64 = 4000;
+/// matches` instead, which is cheaper for broad patterns. The two cross near
+/// `sqrt(limit × rows)`: a few thousand at a million labels.
+const INDEX_PLAN_CAP: usize = 4000;
 
 /// Runs a queryLabels request on `c`, calling `each` on every matching row in seq order.
 ///
@@ -330,14 +373,20 @@ const INDEX_PLAN_CAP: i64 = 4000;
 /// - one exact subject, no sources: [`EXACT_SQL`], a `(uri, seq)` index range;
 /// - exact subjects only: `uri IN (…)` on the `uri` index, sorted by seq;
 /// - `*` without sources: the table in seq order from the cursor;
-/// - prefixes, or `*` with sources: the index plan (seqs from a covering index, then the
-///   rows) when fewer than [`INDEX_PLAN_CAP`] rows match, else the seq-order scan with the
-///   patterns as filters (`+` keeps SQLite from choosing an index for them).
+/// - anything else (prefixes, `*` with sources), in order until one answers:
+///   1. a seq-order scan of the next `QUICK_SCAN_FACTOR × limit` rows: enough for broad
+///      patterns;
+///   2. the index plan: the matching seqs from the covering `uri` (or `(src, …)`) index, the
+///      lowest `limit` kept, then those rows by seq — abandoned past [`INDEX_PLAN_CAP`]
+///      entries ([`QUICK_INDEX_CAP`] in [`Mode::Quick`], which then gives up);
+///   3. the seq-order scan from the cursor with the patterns as filters (`+` keeps SQLite
+///      from choosing an index for them).
 fn query_rows(
     c: &Connection,
     q: &LabelQuery,
+    mode: Mode,
     mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     // The common case, a relay asking about one DID, gets a fixed statement.
     if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
         let mut stmt = c.prepare_cached(EXACT_SQL)?;
@@ -345,10 +394,9 @@ fn query_rows(
         while let Some(r) = rows.next()? {
             each(r)?;
         }
-        return Ok(());
+        return Ok(true);
     }
 
-    let limit = q.limit as i64;
     let match_all = q
         .patterns
         .iter()
@@ -363,9 +411,57 @@ fn query_rows(
         })
         .collect();
 
+    if all_exact && q.patterns.len() > QUICK_MAX_EXACT && mode == Mode::Quick {
+        return Ok(false);
+    }
+    let simple = all_exact || (match_all && q.sources.is_empty());
+    if simple {
+        scan_rows(c, q, &bounds, match_all, all_exact, q.after, q.limit, each)?;
+        return Ok(true);
+    }
+    // The multi-step plans run in one read transaction: one snapshot and one lock for all of
+    // their statements, instead of one each (a `fcntl` and an `fstat` per statement).
+    let tx = c.unchecked_transaction()?;
+    // Plan 1 hands over the matches among the next few seqs: they open the page whatever
+    // follows, since every later match has a higher seq.
+    let end = q.after.saturating_add(QUICK_SCAN_FACTOR * q.limit as i64);
+    let found = quick_rows(c, q, &bounds, match_all, end, &mut each)?;
+    let rest = q.limit - found;
+    let head: Option<i64> = c
+        .prepare_cached("SELECT max(seq) FROM labels")?
+        .query_row([], |r| r.get(0))?;
+    if rest > 0 && head.is_some_and(|h| h > end) {
+        let cap = match mode {
+            Mode::Quick => QUICK_INDEX_CAP,
+            Mode::Full => INDEX_PLAN_CAP,
+        };
+        match lowest_from_index(c, q, &bounds, match_all, end, rest, cap)? {
+            Some(seqs) => rows_by_seq(c, &seqs, &mut each)?,
+            None if mode == Mode::Quick => return Ok(false),
+            None => scan_rows(c, q, &bounds, match_all, all_exact, end, rest, &mut each)?,
+        }
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Plan 3 (and the simple shapes): one statement over the table in seq order, or over the
+/// `uri` index for exact subjects only.
+#[allow(clippy::too_many_arguments)]
+fn scan_rows(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+    all_exact: bool,
+    after: i64,
+    limit: usize,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let limit = limit as i64;
     // ?1 is the cursor; the rest are numbered as they are pushed.
-    let mut args: Vec<&dyn ToSql> = vec![&q.after];
-    let sql = if all_exact {
+    let mut args: Vec<&dyn ToSql> = vec![&after];
+    let mut sql = if all_exact {
         let uris = q.patterns.iter().map(|p| match p {
             UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
         });
@@ -378,40 +474,143 @@ fn query_rows(
             sql.push_str(&format!(" AND +src IN ({})", push_marks(&mut args, srcs)));
         }
         sql
-    } else if match_all && q.sources.is_empty() {
-        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1")
     } else {
-        let narrow = if match_all {
-            count_sources(c, &q.sources)? < INDEX_PLAN_CAP
-        } else {
-            count_patterns(c, &q.patterns, &bounds)? < INDEX_PLAN_CAP
-        };
-        if narrow {
-            let index = if match_all {
-                "labels_key"
-            } else {
-                "labels_uri"
-            };
-            let f = filter(&mut args, q, &bounds, match_all, "");
-            args.push(&limit);
-            let sub = format!(
-                "SELECT seq FROM labels INDEXED BY {index} WHERE seq > ?1{f} \
-                 ORDER BY seq LIMIT ?{}",
-                args.len()
-            );
-            format!("SELECT {COLUMNS} FROM labels WHERE seq IN ({sub})")
-        } else {
-            let f = filter(&mut args, q, &bounds, match_all, "+");
-            format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
-        }
+        let f = filter(&mut args, q, bounds, match_all, "+");
+        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
     };
-    let mut sql = sql;
     args.push(&limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut rows = stmt.query(args.as_slice())?;
     while let Some(r) = rows.next()? {
         each(r)?;
+    }
+    Ok(())
+}
+
+/// Plan 1: hands the matches among the seqs in `(q.after, end]` to `each` (at most
+/// `q.limit`) and returns how many there were.
+fn quick_rows(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+    end: i64,
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<usize, Error> {
+    let limit = q.limit as i64;
+    let mut args: Vec<&dyn ToSql> = vec![&q.after, &end];
+    let f = filter(&mut args, q, bounds, match_all, "+");
+    args.push(&limit);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND seq <= ?2{f} ORDER BY seq LIMIT ?{}",
+        args.len()
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut rows = stmt.query(args.as_slice())?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        each(r)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Plan 2: the lowest `limit` seqs above `after` among the index entries that match, or
+/// `None` once more than `cap` entries were read. Entries are read whatever
+/// their seq (the index orders them by subject), so the cap bounds the work even when the
+/// cursor is past most matches.
+fn lowest_from_index(
+    c: &Connection,
+    q: &LabelQuery,
+    bounds: &[Option<String>],
+    match_all: bool,
+    after: i64,
+    limit: usize,
+    cap: usize,
+) -> Result<Option<Vec<i64>>, Error> {
+    // The lowest seqs seen. A set, because a label matching two patterns is read twice.
+    let mut lowest = std::collections::BTreeSet::new();
+    let mut read = 0;
+    let mut take =
+        |stmt: &mut rusqlite::Statement<'_>, args: &[&dyn ToSql]| -> Result<bool, Error> {
+            let mut rows = stmt.query(args)?;
+            while let Some(r) = rows.next()? {
+                read += 1;
+                if read > cap {
+                    return Ok(false);
+                }
+                let seq: i64 = r.get(0)?;
+                let wanted = lowest.len() < limit || lowest.last().is_some_and(|&m| seq < m);
+                if seq > after && wanted && lowest.insert(seq) && lowest.len() > limit {
+                    lowest.pop_last();
+                }
+            }
+            Ok(true)
+        };
+    // With sources and subject patterns, the source is checked on the row (not covered by
+    // the `uri` index); sources alone use the `(src, …)` index, which covers them.
+    let src_args: Vec<&dyn ToSql> = q.sources.iter().map(|s| s as &dyn ToSql).collect();
+    let src_filter = |first: usize| -> String {
+        if q.sources.is_empty() {
+            return String::new();
+        }
+        let marks: Vec<String> = (0..q.sources.len())
+            .map(|i| format!("?{}", first + i))
+            .collect();
+        format!(" AND src IN ({})", marks.join(", "))
+    };
+    if match_all {
+        let mut stmt =
+            c.prepare_cached("SELECT seq FROM labels INDEXED BY labels_key WHERE src = ?1")?;
+        for s in &q.sources {
+            if !take(&mut stmt, &[s])? {
+                return Ok(None);
+            }
+        }
+    } else {
+        for (p, hi) in q.patterns.iter().zip(bounds) {
+            let (sql, mut args): (String, Vec<&dyn ToSql>) = match (p, hi) {
+                (UriPattern::Exact(u), _) => (
+                    format!(
+                        "SELECT seq FROM labels INDEXED BY labels_uri WHERE uri = ?1{}",
+                        src_filter(2)
+                    ),
+                    vec![u],
+                ),
+                (UriPattern::Prefix(lo), Some(hi)) => (
+                    format!(
+                        "SELECT seq FROM labels INDEXED BY labels_uri \
+                         WHERE uri >= ?1 AND uri < ?2{}",
+                        src_filter(3)
+                    ),
+                    vec![lo, hi],
+                ),
+                // Only the empty prefix has no bound, and then `match_all` is set.
+                (UriPattern::Prefix(_), None) => return Ok(None),
+            };
+            args.extend(&src_args);
+            let mut stmt = c.prepare_cached(&sql)?;
+            if !take(&mut stmt, &args)? {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(lowest.into_iter().collect()))
+}
+
+/// Hands the rows with these seqs (ascending) to `each`.
+fn rows_by_seq(
+    c: &Connection,
+    seqs: &[i64],
+    mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {COLUMNS} FROM labels WHERE seq = ?1"))?;
+    for seq in seqs {
+        let mut rows = stmt.query([seq])?;
+        if let Some(r) = rows.next()? {
+            each(r)?;
+        }
     }
     Ok(())
 }
@@ -469,57 +668,6 @@ fn filter<'a>(
         sql.push_str(&format!(" AND {plus}src IN ({})", push_marks(args, srcs)));
     }
     sql
-}
-
-/// How many rows match the subject patterns, counted on the `uri` index up to
-/// [`INDEX_PLAN_CAP`].
-fn count_patterns(
-    c: &Connection,
-    patterns: &[UriPattern],
-    bounds: &[Option<String>],
-) -> Result<i64, Error> {
-    let mut total = 0;
-    for (p, hi) in patterns.iter().zip(bounds) {
-        let left = INDEX_PLAN_CAP - total;
-        if left <= 0 {
-            break;
-        }
-        total += match (p, hi) {
-            (UriPattern::Exact(u), _) => c
-                .prepare_cached(
-                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
-                     WHERE uri = ?1 LIMIT ?2)",
-                )?
-                .query_row(params![u, left], |r| r.get::<_, i64>(0))?,
-            (UriPattern::Prefix(lo), Some(hi)) => c
-                .prepare_cached(
-                    "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_uri \
-                     WHERE uri >= ?1 AND uri < ?2 LIMIT ?3)",
-                )?
-                .query_row(params![lo, hi, left], |r| r.get::<_, i64>(0))?,
-            (UriPattern::Prefix(_), None) => left,
-        };
-    }
-    Ok(total)
-}
-
-/// How many rows come from `sources`, counted on the `(src, …)` index up to
-/// [`INDEX_PLAN_CAP`].
-fn count_sources(c: &Connection, sources: &[String]) -> Result<i64, Error> {
-    let mut total = 0;
-    for s in sources {
-        let left = INDEX_PLAN_CAP - total;
-        if left <= 0 {
-            break;
-        }
-        total += c
-            .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM labels INDEXED BY labels_key \
-                 WHERE src = ?1 LIMIT ?2)",
-            )?
-            .query_row(params![s, left], |r| r.get::<_, i64>(0))?;
-    }
-    Ok(total)
 }
 
 /// Watches the database for commits made by any connection, including other processes
