@@ -26,6 +26,15 @@
 //! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
 //! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all six). Needs `wrk` on PATH for
 //! the HTTP phases (`apt-get install -y wrk`); they are skipped with a note without it.
+//!
+//! `--peer` runs every phase twice per run, against this labeler and against
+//! `@skyware/labeler` 0.2 (`bench/peer-server.mjs`, Node.js; installed with npm into the
+//! git-ignored `bench/peer/` on first use and seeded through its own `createLabel` API with the
+//! same DIDs and values), and ends with the ratio per workload:
+//!
+//! ```text
+//! cargo bench --bench read_path -- --peer --labels 100000 --phases exact,broad,backfill1
+//! ```
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
@@ -58,6 +67,25 @@ struct Args {
     subscribers: usize,
     sub_labels: usize,
     phases: Vec<String>,
+    peer: bool,
+}
+
+/// Which server a phase runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// This labeler's server (a child of this binary).
+    Ours,
+    /// `@skyware/labeler` 0.2 under Node.js.
+    Peer,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Ours => "atmos-labeler",
+            Target::Peer => "skyware",
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +115,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         ]
         .map(str::to_owned)
         .to_vec(),
+        peer: false,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -98,6 +127,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "--subscribers" => a.subscribers = value()?.parse()?,
             "--sub-labels" => a.sub_labels = value()?.parse()?,
             "--phases" => a.phases = value()?.split(',').map(str::to_owned).collect(),
+            "--peer" => a.peer = true,
             // `cargo bench` passes `--bench`; ignore anything else too.
             _ => {}
         }
@@ -143,22 +173,49 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(db: &Path) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("--serve")
-            .arg(db)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .context("server did not report its port")?
-            .parse()?;
-        Ok(ServerProcess { child, port })
+    fn start(target: Target, db: &Path, dids: &Path) -> anyhow::Result<ServerProcess> {
+        match target {
+            Target::Ours => {
+                let mut child = Command::new(std::env::current_exe()?)
+                    .arg("--serve")
+                    .arg(db)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                let stdout = child.stdout.take().context("stdout")?;
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line)?;
+                let port = line
+                    .trim()
+                    .strip_prefix("PORT ")
+                    .context("server did not report its port")?
+                    .parse()?;
+                Ok(ServerProcess { child, port })
+            }
+            Target::Peer => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let peer_dir = db.with_extension("skyware");
+                let mut child = Command::new("node")
+                    .arg(bench_dir().join("peer-server.mjs"))
+                    .arg(&peer_dir)
+                    .arg(port.to_string())
+                    .arg(dids)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .context("starting node (is Node.js installed?)")?;
+                let stdout = child.stdout.take().context("stdout")?;
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line)?;
+                if line.trim() != format!("LISTENING {port}") {
+                    let _ = child.kill();
+                    bail!("the peer did not start: {line:?}");
+                }
+                Ok(ServerProcess { child, port })
+            }
+        }
     }
 
     /// (CPU seconds used, peak RSS in MiB) so far.
@@ -213,6 +270,34 @@ struct Sample {
     secs: f64,
 }
 
+/// `bench/` in the repository.
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench")
+}
+
+/// Installs `@skyware/labeler` 0.2.0 into the git-ignored `bench/peer/` when it is missing.
+fn ensure_peer() -> anyhow::Result<()> {
+    let peer = bench_dir().join("peer");
+    if peer
+        .join("node_modules/@skyware/labeler/package.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    println!("installing @skyware/labeler@0.2.0 into {}", peer.display());
+    std::fs::create_dir_all(&peer)?;
+    let status = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&peer)
+        .arg("@skyware/labeler@0.2.0")
+        .status()
+        .context("running npm (is Node.js installed?)")?;
+    if !status.success() {
+        bail!("npm install of @skyware/labeler failed");
+    }
+    Ok(())
+}
+
 fn drive(a: &Args) -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("read_path");
     std::fs::create_dir_all(&dir)?;
@@ -230,6 +315,12 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     std::fs::write(&all_lua, paged_lua("*", a.labels))?;
     std::fs::write(&broad_lua, paged_lua("did:plc:*", a.labels))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
+    let targets: &[Target] = if a.peer {
+        ensure_peer()?;
+        &[Target::Ours, Target::Peer]
+    } else {
+        &[Target::Ours]
+    };
 
     println!("{}", machine_notes());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -238,34 +329,48 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for run in 1..=a.runs {
         for phase in &a.phases {
-            let sample = match phase.as_str() {
-                "exact" | "all" | "broad" | "prefix" if !have_wrk => {
-                    println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
-                    continue;
+            for &target in targets {
+                let sample = match phase.as_str() {
+                    "exact" | "all" | "broad" | "prefix" if !have_wrk => {
+                        println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
+                        continue;
+                    }
+                    "exact" => wrk_phase(target, &db, &exact_lua, &dids, a.duration)?,
+                    "prefix" => wrk_phase(target, &db, &prefix_lua, &dids, a.duration)?,
+                    "all" => wrk_phase(target, &db, &all_lua, &dids, a.duration)?,
+                    "broad" => wrk_phase(target, &db, &broad_lua, &dids, a.duration)?,
+                    "backfill1" => {
+                        rt.block_on(backfill_phase(target, &db, &dids, 1, a.labels, a.labels))?
+                    }
+                    "backfill100" => rt.block_on(backfill_phase(
+                        target,
+                        &db,
+                        &dids,
+                        a.subscribers,
+                        a.labels,
+                        a.sub_labels,
+                    ))?,
+                    other => bail!("unknown phase {other}"),
+                };
+                let name = if a.peer {
+                    format!("{phase} {}", target.name())
+                } else {
+                    phase.clone()
+                };
+                println!(
+                    "run {run} {name:<22} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>7.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s",
+                    sample.rate,
+                    sample.p50,
+                    sample.p99,
+                    sample.cpu_us,
+                    sample.client_us,
+                    sample.hwm,
+                    sample.secs
+                );
+                match results.iter_mut().find(|(p, _)| *p == name) {
+                    Some((_, v)) => v.push(sample),
+                    None => results.push((name, vec![sample])),
                 }
-                "exact" => wrk_phase(&db, &exact_lua, &dids, a.duration)?,
-                "prefix" => wrk_phase(&db, &prefix_lua, &dids, a.duration)?,
-                "all" => wrk_phase(&db, &all_lua, &dids, a.duration)?,
-                "broad" => wrk_phase(&db, &broad_lua, &dids, a.duration)?,
-                "backfill1" => rt.block_on(backfill_phase(&db, 1, a.labels, a.labels))?,
-                "backfill100" => {
-                    rt.block_on(backfill_phase(&db, a.subscribers, a.labels, a.sub_labels))?
-                }
-                other => bail!("unknown phase {other}"),
-            };
-            println!(
-                "run {run} {phase:<12} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>6.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s",
-                sample.rate,
-                sample.p50,
-                sample.p99,
-                sample.cpu_us,
-                sample.client_us,
-                sample.hwm,
-                sample.secs
-            );
-            match results.iter_mut().find(|(p, _)| p == phase) {
-                Some((_, v)) => v.push(sample),
-                None => results.push((phase.clone(), vec![sample])),
             }
         }
     }
@@ -296,6 +401,34 @@ fn drive(a: &Args) -> anyhow::Result<()> {
             col(|s| s.cpu_us, 2),
             col(|s| s.client_us, 2),
             col(|s| s.hwm, 1),
+        );
+    }
+    if a.peer {
+        let median = |name: &str, f: fn(&Sample) -> f64| -> Option<f64> {
+            let (_, samples) = results.iter().find(|(n, _)| n == name)?;
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            Some(v[v.len() / 2])
+        };
+        println!("\nratio per workload (medians; higher is better for atmos-labeler)");
+        println!("| workload | atmos-labeler | skyware | ratio |");
+        println!("|---|---|---|---|");
+        let mut peak = (0.0f64, 0.0f64);
+        for phase in &a.phases {
+            let ours = format!("{phase} {}", Target::Ours.name());
+            let theirs = format!("{phase} {}", Target::Peer.name());
+            if let (Some(o), Some(t)) = (median(&ours, |s| s.rate), median(&theirs, |s| s.rate)) {
+                println!("| {phase} (per s) | {o:.0} | {t:.0} | {:.1}× |", o / t);
+            }
+            if let (Some(o), Some(t)) = (median(&ours, |s| s.hwm), median(&theirs, |s| s.hwm)) {
+                peak = (peak.0.max(o), peak.1.max(t));
+            }
+        }
+        println!(
+            "| peak RSS over all phases (MiB) | {:.1} | {:.1} | {:.2} (ours / theirs) |",
+            peak.0,
+            peak.1,
+            peak.0 / peak.1
         );
     }
     Ok(())
@@ -443,8 +576,14 @@ end
 }
 
 /// Runs wrk against a fresh server: 3 s warm-up, then `duration` seconds measured.
-fn wrk_phase(db: &Path, script: &Path, dids: &Path, duration: u64) -> anyhow::Result<Sample> {
-    let server = ServerProcess::start(db)?;
+fn wrk_phase(
+    target: Target,
+    db: &Path,
+    script: &Path,
+    dids: &Path,
+    duration: u64,
+) -> anyhow::Result<Sample> {
+    let server = ServerProcess::start(target, db, dids)?;
     let url = format!("http://127.0.0.1:{}", server.port);
     let wrk = |secs: u64| -> anyhow::Result<String> {
         let out = Command::new("wrk")
@@ -543,12 +682,14 @@ struct WireLabel<'a> {
 /// `clients` decoding subscribers at once, each from `cursor = total - each` expecting `each`
 /// frames, against a fresh server.
 async fn backfill_phase(
+    target: Target,
     db: &Path,
+    dids: &Path,
     clients: usize,
     total: usize,
     each: usize,
 ) -> anyhow::Result<Sample> {
-    let server = ServerProcess::start(db)?;
+    let server = ServerProcess::start(target, db, dids)?;
     let url = format!(
         "ws://127.0.0.1:{}/xrpc/com.atproto.label.subscribeLabels?cursor={}",
         server.port,
