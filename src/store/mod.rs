@@ -171,10 +171,10 @@ impl Store {
         open_conn(&self.inner.path, true)
     }
 
-    /// Cheap liveness probe for `/xrpc/_health`.
+    /// Cheap liveness probe for `/xrpc/_health`: reads the label sequence, so a missing,
+    /// unreadable or corrupt database file fails it (`SELECT 1` never touches the file).
     pub fn ping(&self) -> Result<(), Error> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-            .map(drop)
+        self.head_seq().map(drop)
     }
 
     /// `PRAGMA integrity_check`: `"ok"` or SQLite's list of problems.
