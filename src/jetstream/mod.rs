@@ -312,7 +312,7 @@ impl Client {
         let (time_us, command) = match parse(text, &self.options.collection) {
             Ok(Event::Command(cmd)) => {
                 metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => "commit").increment(1);
-                (command_time(&cmd), Some(cmd))
+                (cmd.cursor(), Some(cmd))
             }
             Ok(Event::Account { did, command }) => {
                 let kind = if matches!(command, Command::Identity { .. }) {
@@ -321,7 +321,7 @@ impl Client {
                     "account"
                 };
                 metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => kind).increment(1);
-                let t = command_time(&command);
+                let t = command.cursor();
                 if self.tracked.contains(&did) {
                     (t, Some(command))
                 } else {
@@ -389,17 +389,6 @@ impl Client {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
-    }
-}
-
-fn command_time(cmd: &Command) -> Option<i64> {
-    match cmd {
-        Command::Put { cursor, .. }
-        | Command::Delete { cursor, .. }
-        | Command::Identity { cursor, .. }
-        | Command::Account { cursor, .. }
-        | Command::Checkpoint { cursor } => Some(*cursor),
-        Command::Recheck { .. } => None,
     }
 }
 

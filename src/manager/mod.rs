@@ -140,7 +140,8 @@ impl Command {
         }
     }
 
-    fn cursor(&self) -> Option<i64> {
+    /// The Jetstream `time_us` the command carries (`None` for scheduler re-checks).
+    pub fn cursor(&self) -> Option<i64> {
         match self {
             Command::Put { cursor, .. }
             | Command::Delete { cursor, .. }
@@ -563,36 +564,15 @@ impl Shared {
                 cid,
                 cursor,
             } => {
-                if self.duplicate(&did, &rkey, &rev).await? {
-                    Ok(())
-                } else {
-                    let source = if self.options.verify_records_at_pds {
-                        self.fetch(&did, &rkey, Some((record, cid))).await
-                    } else {
-                        Source::Record { value: record, cid }
-                    };
-                    self.reconcile(&did, &rkey, Some(rev), source, Some(cursor))
-                        .await
-                }
+                self.on_record(&did, &rkey, rev, Some((record, cid)), cursor)
+                    .await
             }
             Command::Delete {
                 did,
                 rkey,
                 rev,
                 cursor,
-            } => {
-                if self.duplicate(&did, &rkey, &rev).await? {
-                    Ok(())
-                } else {
-                    let source = if self.options.verify_records_at_pds {
-                        self.fetch(&did, &rkey, None).await
-                    } else {
-                        Source::Gone
-                    };
-                    self.reconcile(&did, &rkey, Some(rev), source, Some(cursor))
-                        .await
-                }
-            }
+            } => self.on_record(&did, &rkey, rev, None, cursor).await,
             Command::Identity { did, .. } => self.on_identity(&did).await,
             Command::Account {
                 did,
@@ -621,6 +601,29 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// A create/update (`copy` is Jetstream's record and CID) or a delete (`copy` is `None`).
+    /// With PDS confirmation, both only trigger a fetch of the record's current state at the
+    /// author's PDS, which decides; without it, Jetstream's word is taken.
+    async fn on_record(
+        &self,
+        did: &str,
+        rkey: &str,
+        rev: String,
+        copy: Option<(Value, Option<String>)>,
+        cursor: i64,
+    ) -> Result<(), Error> {
+        if self.duplicate(did, rkey, &rev).await? {
+            return Ok(());
+        }
+        let source = match copy {
+            _ if self.options.verify_records_at_pds => self.fetch(did, rkey, copy).await,
+            Some((value, cid)) => Source::Record { value, cid },
+            None => Source::Gone,
+        };
+        self.reconcile(did, rkey, Some(rev), source, Some(cursor))
+            .await
     }
 
     /// True when this exact commit was already applied. With PDS confirmation only an equal

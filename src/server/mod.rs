@@ -446,6 +446,60 @@ impl HttpCounters {
     }
 }
 
+/// Entry point for `cargo fuzz` (`fuzz/`), compiled only into fuzz builds (`--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
+pub mod fuzzing {
+    use crate::store::{Store, UriPattern};
+
+    /// Parses a raw queryLabels query string; when it is valid, runs it through the server's
+    /// query path against `store` and checks the page against a brute-force filter of every
+    /// current label: same labels, same order, `cursor` exactly when the page is full.
+    pub fn query_labels(store: &Store, raw: &str) {
+        let Ok(q) = super::query::parse(raw) else {
+            return;
+        };
+        let body = match super::query::page_json(store, &q, true).unwrap() {
+            Some(b) => b,
+            None => super::query::page_json(store, &q, false).unwrap().unwrap(),
+        };
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let got: Vec<(String, String)> = page["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["uri"].as_str().unwrap().to_owned(),
+                    l["val"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let matches = |uri: &str| {
+            q.patterns.iter().any(|p| match p {
+                UriPattern::Exact(e) => uri == e,
+                UriPattern::Prefix(pre) => uri.starts_with(pre.as_str()),
+            })
+        };
+        let want: Vec<(String, String)> = store
+            .labels_after(q.after, usize::MAX >> 1)
+            .unwrap()
+            .into_iter()
+            .filter(|l| matches(&l.signed.label.uri))
+            .filter(|l| q.sources.is_empty() || q.sources.contains(&l.signed.label.src))
+            .take(q.limit)
+            .map(|l| (l.signed.label.uri, l.signed.label.val))
+            .collect();
+        assert_eq!(got, want, "query {raw:?}");
+        assert_eq!(
+            page.get("cursor").is_some(),
+            got.len() == q.limit,
+            "query {raw:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

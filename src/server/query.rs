@@ -125,7 +125,7 @@ fn pattern(p: &str) -> Result<UriPattern, XrpcError> {
 /// Runs the query and writes the response body: `{"labels":[…],"cursor":"<seq>"}`, the
 /// cursor only after a full page. With `quick`, only when the store can answer cheaply
 /// (`None` otherwise: retry on the blocking pool).
-fn page_json(
+pub(crate) fn page_json(
     store: &crate::store::Store,
     q: &LabelQuery,
     quick: bool,
