@@ -1,0 +1,70 @@
+// Checks a running labeler the way an atproto consumer does, with the official libraries:
+// every label from queryLabels (JSON) and from a subscribeLabels backfill (DAG-CBOR frames) is
+// re-encoded without `sig` by @ipld/dag-cbor and verified with @atproto/crypto against the
+// `src` did:key (default verifier settings: low-S, compact signatures only).
+//
+//   node bench/interop/verify-labels.mjs http://127.0.0.1:8081
+//
+// Needs `npm install --prefix bench/peer @atproto/crypto @ipld/dag-cbor cborg ws` (git-ignored).
+import { createRequire } from "node:module";
+
+const require = createRequire(new URL("../peer/", import.meta.url));
+const { verifySignature } = require("@atproto/crypto");
+// ESM-only packages: import them by path from the git-ignored install.
+const cbor = await import(new URL("../peer/node_modules/@ipld/dag-cbor/src/index.js", import.meta.url));
+// dag-cbor has no "decode the first object" call; cborg (its codec) does, with its options.
+const cborg = await import(new URL("../peer/node_modules/cborg/cborg.js", import.meta.url));
+const WebSocket = require("ws");
+
+const base = process.argv[2] ?? "http://127.0.0.1:8081";
+const fromB64 = (s) => new Uint8Array(Buffer.from(s, "base64"));
+let failures = 0;
+
+async function check(label, where) {
+  const { sig, ...unsigned } = label;
+  if (!label.src.startsWith("did:key:")) throw new Error(`${where}: src ${label.src} is not a did:key`);
+  if ("neg" in unsigned && unsigned.neg === false) throw new Error(`${where}: neg:false must be omitted`);
+  const ok = await verifySignature(label.src, cbor.encode(unsigned), sig);
+  if (!ok) {
+    failures++;
+    console.error(`${where}: signature does not verify: ${JSON.stringify(unsigned)}`);
+  }
+}
+
+// queryLabels, every page.
+let cursor;
+let fromQuery = 0;
+do {
+  const url = new URL("/xrpc/com.atproto.label.queryLabels", base);
+  url.searchParams.append("uriPatterns", "*");
+  url.searchParams.set("limit", "250");
+  if (cursor) url.searchParams.set("cursor", cursor);
+  const body = await (await fetch(url)).json();
+  for (const l of body.labels) {
+    if (typeof l.sig?.$bytes !== "string" || l.sig.$bytes.endsWith("=")) throw new Error("sig must be unpadded {$bytes}");
+    await check({ ...l, sig: fromB64(l.sig.$bytes) }, `queryLabels ${l.uri}`);
+    fromQuery++;
+  }
+  cursor = body.cursor;
+} while (cursor);
+
+// subscribeLabels from cursor=0: header + body per binary message.
+const ws = new WebSocket(new URL("/xrpc/com.atproto.label.subscribeLabels?cursor=0", base.replace(/^http/, "ws")));
+let fromStream = 0;
+let lastSeq = 0;
+await new Promise((resolve, reject) => {
+  const done = setTimeout(() => { ws.close(); resolve(); }, 3000);
+  ws.on("message", async (data) => {
+    const bytes = new Uint8Array(data);
+    const [header, rest] = cborg.decodeFirst(bytes, cbor.decodeOptions);
+    const body = cbor.decode(rest); // strict: the body must use the rest of the message
+    if (header.op !== 1 || header.t !== "#labels") return reject(new Error(`unexpected frame ${JSON.stringify(header)}`));
+    if (body.seq <= lastSeq) return reject(new Error(`seq ${body.seq} after ${lastSeq}`));
+    lastSeq = body.seq;
+    for (const l of body.labels) { await check(l, `subscribeLabels seq ${body.seq}`); fromStream++; }
+    done.refresh();
+  });
+  ws.on("error", reject);
+});
+console.log(`verified ${fromQuery} labels from queryLabels and ${fromStream} from subscribeLabels; ${failures} failures`);
+process.exit(failures ? 1 : 0);
