@@ -238,3 +238,25 @@ async fn a_silent_server_is_left_after_the_idle_timeout() {
     assert_eq!(fake.cursors()[0], None, "no saved cursor: live tail");
     token.cancel();
 }
+
+/// Regression: an account event right behind a DID's first attestation used to be dropped,
+/// because the DID only became "tracked" once the manager had committed that attestation.
+#[tokio::test]
+async fn an_account_event_right_after_a_first_attestation_is_passed_on() {
+    let fake = FakeJetstream::start().await;
+    let t0 = fake.put("did:plc:newcomer", "r1", &record("n.test"), "bafy", false);
+    let t1 = fake.account("did:plc:newcomer", false, Some("takendown"));
+    let (tx, mut rx) = mpsc::channel(64);
+    let token = spawn(Client::new(
+        options(fake.url()),
+        tx,
+        Tracked::default(),
+        Some(t0),
+    ));
+    assert!(matches!(next_event(&mut rx).await, Command::Put { cursor, .. } if cursor == t0));
+    assert!(
+        matches!(next_event(&mut rx).await, Command::Account { cursor, .. } if cursor == t1),
+        "the account event was dropped"
+    );
+    token.cancel();
+}

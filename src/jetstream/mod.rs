@@ -312,6 +312,11 @@ impl Client {
         let (time_us, command) = match parse(text, &self.options.collection) {
             Ok(Event::Command(cmd)) => {
                 metrics::counter!(telemetry::JETSTREAM_EVENTS, "kind" => "commit").increment(1);
+                if let Command::Put { did, .. } = &cmd {
+                    // Before reading on: an account event right behind a DID's first
+                    // attestation must not be dropped as untracked (see `Tracked`).
+                    self.tracked.insert(did);
+                }
                 (cmd.cursor(), Some(cmd))
             }
             Ok(Event::Account { did, command }) => {

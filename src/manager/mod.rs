@@ -219,8 +219,16 @@ pub struct Options {
     pub clock: Clock,
 }
 
-/// The set of DIDs with attestations, shared with the Jetstream client so it can drop
-/// identity and account events about everyone else without a database lookup.
+/// DIDs whose identity and account events matter, shared with the Jetstream client so it
+/// can drop everyone else's (the stream carries them for every account on the network)
+/// without a database lookup.
+///
+/// It holds every DID with attestations (loaded at startup) and every DID the Jetstream
+/// client has handed an attestation record for. The client adds a DID *before* it reads the
+/// next event, so an account event right behind a DID's first attestation is never dropped
+/// while that attestation is still being verified. It only grows while the daemon runs (a
+/// DID whose attestations are all deleted stays until the next start, and the manager then
+/// ignores its events with one indexed lookup); it is rebuilt from the database on restart.
 #[derive(Clone, Debug, Default)]
 pub struct Tracked(Arc<RwLock<HashSet<String>>>);
 
@@ -230,7 +238,7 @@ impl Tracked {
         Tracked(Arc::new(RwLock::new(dids.into_iter().collect())))
     }
 
-    /// Whether `did` has attestations.
+    /// Whether `did`'s identity and account events should be passed on.
     pub fn contains(&self, did: &str) -> bool {
         self.0
             .read()
@@ -238,15 +246,13 @@ impl Tracked {
             .contains(did)
     }
 
-    fn set(&self, did: &str, tracked: bool) {
-        let mut set = self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if tracked {
-            set.insert(did.to_owned());
-        } else {
-            set.remove(did);
+    /// Starts passing on `did`'s identity and account events.
+    pub fn insert(&self, did: &str) {
+        if !self.contains(did) {
+            self.0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(did.to_owned());
         }
     }
 }
@@ -351,7 +357,7 @@ impl Manager {
     ) -> Result<Manager, store::Error> {
         let tracked = Tracked::default();
         for did in store.tracked_dids()? {
-            tracked.set(&did, true);
+            tracked.insert(&did);
         }
         Ok(Manager {
             shared: Arc::new(Shared {
@@ -683,6 +689,9 @@ impl Shared {
             .into_iter()
             .map(|a| a.rkey)
             .collect();
+        if rkeys.is_empty() {
+            return Ok(());
+        }
         tracing::info!(
             did,
             attestations = rkeys.len(),
@@ -706,6 +715,10 @@ impl Shared {
         status: Option<String>,
         cursor: i64,
     ) -> Result<(), Error> {
+        if self.attestations(did).await?.is_empty() {
+            // A DID whose attestations were all deleted (or never confirmed): nothing to do.
+            return Ok(());
+        }
         let (active, status) = if self.options.verify_records_at_pds {
             // Account events are unauthenticated claims too: ask the PDS.
             match self.identity.repo_status(did).await {
@@ -968,7 +981,7 @@ impl Shared {
     }
 
     /// Runs `mutate` and the label decision in one store transaction, with the cursor
-    /// watermark, then updates the tracked set.
+    /// watermark.
     ///
     /// The watermark is computed just before the transaction: events still unfinished stay in
     /// `inflight`, and an event is only finished after its commit, so the value can only be
@@ -1030,8 +1043,6 @@ impl Shared {
                 tracing::info!(did = %did, val = %x.val, seq = l.seq, "label created");
             }
         }
-        let remaining = self.attestations(&did).await?;
-        self.tracked.set(&did, !remaining.is_empty());
         Ok(())
     }
 }
