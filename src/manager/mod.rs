@@ -26,7 +26,7 @@
 //! commit is a *watermark* — the newest `time_us` such that every event up to it has been
 //! committed. A crash can only make the labeler replay work, never skip it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,10 +38,16 @@ use tokio_util::sync::CancellationToken;
 use crate::attestation::{self, Record};
 use crate::identity;
 use crate::keys::SigningKey;
-use crate::label::{self, Label};
-use crate::store::{self, Account, Attestation, Changes, DidState, RecordRev, Store, Verdict};
+use crate::label;
+use crate::store::{self, Account, Attestation, Changes, DidState, RecordRev, Store};
 use crate::telemetry;
-use crate::verify::{self, Check, CheckName, Outcome, Report};
+use crate::verify::{self, Outcome, Report};
+
+mod decide;
+mod watermark;
+
+use decide::{advance, decide_labels, failing_reasons, note_report, verdict_of};
+use watermark::Watermark;
 
 /// Capacity of the command channel into the manager. Jetstream pauses (disconnects and later
 /// resumes from its cursor) rather than wait when it is full, so this only bounds memory:
@@ -253,55 +259,6 @@ impl Tracked {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(did.to_owned());
-        }
-    }
-}
-
-/// Which Jetstream events are still being processed, so the cursor saved with each commit
-/// never passes an event whose effect is not committed yet.
-#[derive(Debug, Default)]
-struct Watermark {
-    /// `time_us` of dispatched, unfinished events (with multiplicity).
-    inflight: BTreeMap<i64, usize>,
-    /// Newest `time_us` handed to the manager.
-    newest: Option<i64>,
-    /// Last value written to the store.
-    saved: Option<i64>,
-}
-
-impl Watermark {
-    fn begin(&mut self, t: i64) {
-        *self.inflight.entry(t).or_default() += 1;
-        self.observe(t);
-    }
-
-    fn observe(&mut self, t: i64) {
-        self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
-    }
-
-    fn finish(&mut self, t: i64) {
-        if let Some(n) = self.inflight.get_mut(&t) {
-            *n -= 1;
-            if *n == 0 {
-                self.inflight.remove(&t);
-            }
-        }
-    }
-
-    /// The watermark if the event at `done` (if any) had finished: every event up to the
-    /// returned `time_us` is committed (or being committed by the caller).
-    fn value(&self, done: Option<i64>) -> Option<i64> {
-        let mut lowest = None;
-        for (&t, &n) in &self.inflight {
-            if Some(t) == done && n == 1 {
-                continue;
-            }
-            lowest = Some(t);
-            break;
-        }
-        match lowest {
-            Some(t) => Some(t - 1),
-            None => self.newest,
         }
     }
 }
@@ -1046,162 +1003,3 @@ impl Shared {
         Ok(())
     }
 }
-
-/// The store's verdict for a report outcome.
-fn verdict_of(o: Outcome) -> Verdict {
-    match o {
-        Outcome::Pass => Verdict::Pass,
-        Outcome::Fail => Verdict::Fail,
-        Outcome::CouldNotDecide => Verdict::Undecided,
-    }
-}
-
-/// The reasons of the checks that did not pass, for the one-line decision log.
-fn failing_reasons(report: &Report) -> String {
-    report
-        .checks
-        .iter()
-        .filter(|c| c.outcome != Outcome::Pass)
-        .map(|c| c.reason.as_str())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A report with a single entry about the record itself (invalid, or unconfirmed).
-fn note_report(did: &str, domain: &str, outcome: Outcome, reason: String) -> Report {
-    Report {
-        did: did.to_owned(),
-        domain: domain.to_owned(),
-        checked_at: label::now_cts(),
-        verdict: outcome,
-        checks: vec![Check {
-            name: CheckName::Record,
-            subject: None,
-            outcome,
-            reason,
-        }],
-    }
-}
-
-/// An attestation's verification state after one more check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Next {
-    verdict: Verdict,
-    standing: bool,
-    relay_member: bool,
-    last_definitive_ms: Option<i64>,
-    consecutive_failures: u32,
-    consecutive_undecided: u32,
-    next_check_ms: i64,
-}
-
-/// The standing rules (module docs). `prev` is the attestation's previous state when it is
-/// about the same domain and selectors; `jitter` in [0, 1) spreads re-checks over ±10% of the
-/// interval so they do not all fall due at once.
-fn advance(
-    prev: Option<&Attestation>,
-    outcome: Outcome,
-    relay: bool,
-    now: i64,
-    jitter: f64,
-    opts: &Options,
-) -> Next {
-    let interval = opts.reverify_interval;
-    let ms = |d: Duration| d.as_millis() as i64;
-    let backoff = |first: Duration, n: u32, cap: Duration| {
-        let factor = 1u32 << n.saturating_sub(1).min(16);
-        first.saturating_mul(factor).min(cap).min(interval)
-    };
-    match outcome {
-        Outcome::Pass => Next {
-            verdict: Verdict::Pass,
-            standing: true,
-            relay_member: relay,
-            last_definitive_ms: Some(now),
-            consecutive_failures: 0,
-            consecutive_undecided: 0,
-            next_check_ms: now + (ms(interval) as f64 * (0.9 + 0.2 * jitter)) as i64,
-        },
-        Outcome::Fail => {
-            let failures = prev.map_or(0, |p| p.consecutive_failures) + 1;
-            Next {
-                verdict: Verdict::Fail,
-                standing: false,
-                relay_member: false,
-                last_definitive_ms: Some(now),
-                consecutive_failures: failures,
-                consecutive_undecided: 0,
-                next_check_ms: now + ms(backoff(FAILED_RETRY, failures, interval)),
-            }
-        }
-        Outcome::CouldNotDecide => {
-            let undecided = prev.map_or(0, |p| p.consecutive_undecided) + 1;
-            let last_definitive_ms = prev.and_then(|p| p.last_definitive_ms);
-            // Transient trouble keeps an earned standing until it goes stale.
-            let fresh_enough = last_definitive_ms.is_some_and(|t| now - t <= ms(opts.stale_after));
-            let standing = prev.is_some_and(|p| p.standing) && fresh_enough;
-            Next {
-                verdict: Verdict::Undecided,
-                standing,
-                relay_member: standing && prev.is_some_and(|p| p.relay_member),
-                last_definitive_ms,
-                consecutive_failures: prev.map_or(0, |p| p.consecutive_failures),
-                consecutive_undecided: undecided,
-                next_check_ms: now + ms(backoff(UNDECIDED_RETRY, undecided, UNDECIDED_RETRY_MAX)),
-            }
-        }
-    }
-}
-
-/// Which labels change for `did` once `changes` apply on top of `state`:
-/// `verified-mail-operator` while the account is active and any attestation stands;
-/// `relay-member` while, in addition, a standing attestation is a relay member. A label that
-/// should not be held any more is negated with the same (src, uri, cid, val) — the caller's
-/// store gives the negation a new seq (labels-protocol.md §6).
-fn decide_labels(
-    did: &str,
-    src: &str,
-    state: &DidState,
-    changes: &Changes,
-    relay_enabled: bool,
-) -> Vec<Label> {
-    let mut attestations: Vec<&Attestation> = state
-        .attestations
-        .iter()
-        .filter(|a| {
-            !changes.delete.contains(&a.rkey) && !changes.put.iter().any(|p| p.rkey == a.rkey)
-        })
-        .collect();
-    attestations.extend(changes.put.iter());
-    let active = changes
-        .account
-        .as_ref()
-        .or(state.account.as_ref())
-        .is_none_or(|a| a.active);
-    let verified = active && attestations.iter().any(|a| a.standing);
-    let relay =
-        verified && relay_enabled && attestations.iter().any(|a| a.standing && a.relay_member);
-
-    let mut out = Vec::new();
-    for (val, want) in [
-        (label::VERIFIED_MAIL_OPERATOR, verified),
-        (label::RELAY_MEMBER, relay),
-    ] {
-        let held = state.label(val).is_some_and(|l| !l.signed.label.neg);
-        if want != held {
-            out.push(Label {
-                src: src.to_owned(),
-                uri: did.to_owned(),
-                cid: None,
-                val: val.to_owned(),
-                neg: !want,
-                cts: label::now_cts(),
-                exp: None,
-            });
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests;
