@@ -700,7 +700,7 @@ impl Shared {
         );
         let account = Account { active, status };
         self.commit(did.to_owned(), Some(cursor), move |_, changes| {
-            changes.account = Some(account);
+            changes.account = Some(account.clone());
         })
         .await
     }
@@ -730,9 +730,9 @@ impl Shared {
                 return self
                     .commit(did.to_owned(), cursor, move |state, changes| {
                         if state.attestation(&rkey_owned).is_some() {
-                            changes.delete.push(rkey_owned);
+                            changes.delete.push(rkey_owned.clone());
                         }
-                        changes.revs.extend(tomb);
+                        changes.revs.extend(tomb.clone());
                     })
                     .await;
             }
@@ -911,28 +911,28 @@ impl Shared {
             let first_seen_ms = state.attestation(&rkey_s).map_or(now, |p| p.first_seen_ms);
             let next = advance(prev, outcome, relay, now, jitter, &opts);
             changes.put.push(Attestation {
-                did: did_s,
-                rkey: rkey_s,
-                domain,
-                selectors,
-                record_cid: cid,
+                did: did_s.clone(),
+                rkey: rkey_s.clone(),
+                domain: domain.clone(),
+                selectors: selectors.clone(),
+                record_cid: cid.clone(),
                 rev: rev
                     .as_ref()
                     .map(|r| r.rev.clone())
                     .or_else(|| prev.and_then(|p| p.rev.clone())),
-                created_at,
+                created_at: created_at.clone(),
                 first_seen_ms,
                 verdict: next.verdict,
                 standing: next.standing,
                 relay_member: next.relay_member,
-                report: Some(report_json),
+                report: Some(report_json.clone()),
                 checked_ms: Some(now),
                 last_definitive_ms: next.last_definitive_ms,
                 consecutive_failures: next.consecutive_failures,
                 consecutive_undecided: next.consecutive_undecided,
                 next_check_ms: next.next_check_ms,
             });
-            changes.revs.extend(rev);
+            changes.revs.extend(rev.clone());
         })
         .await
     }
@@ -943,16 +943,17 @@ impl Shared {
     /// The watermark is computed just before the transaction: events still unfinished stay in
     /// `inflight`, and an event is only finished after its commit, so the value can only be
     /// conservative.
+    ///
+    /// `mutate` is `Fn`, not `FnOnce`: a transaction that fails (even at COMMIT, after the
+    /// changes were computed) is rolled back and retried, and the retry must compute the same
+    /// changes again from the state it reads.
     async fn commit(
         &self,
         did: String,
         cursor: Option<i64>,
-        mutate: impl FnOnce(&DidState, &mut Changes) + Send + 'static,
+        mutate: impl Fn(&DidState, &mut Changes) + Send + Sync + 'static,
     ) -> Result<(), Error> {
-        // `with_retries` may run the transaction more than once; `mutate` runs in the one
-        // attempt that reaches the decision (a failed attempt rolled back before or after it,
-        // and a rolled-back attempt's changes are simply computed again from fresh state).
-        let mutate = Arc::new(Mutex::new(Some(mutate)));
+        let mutate = Arc::new(mutate);
         let relay_enabled = self.options.relay_enabled;
         let committed = with_retries(|| {
             let store = self.store.clone();
@@ -969,13 +970,7 @@ impl Shared {
                     .call(move |s| {
                         s.update_did(&did, &src, |state| {
                             let mut changes = Changes::default();
-                            let m = mutate
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .take();
-                            if let Some(m) = m {
-                                m(state, &mut changes);
-                            }
+                            mutate(state, &mut changes);
                             changes.labels =
                                 decide_labels(&did, &src, state, &changes, relay_enabled)
                                     .into_iter()
