@@ -94,6 +94,9 @@ enum End {
     Shutdown,
     /// The manager's queue is full: resume once it drains.
     Backpressure,
+    /// The connection could not be made.
+    Unreachable(String),
+    /// An established connection ended.
     Lost(String),
 }
 
@@ -184,7 +187,7 @@ impl Client {
                 Err(reason) => {
                     metrics::counter!(telemetry::JETSTREAM_CONNECTS, "outcome" => "failed")
                         .increment(1);
-                    End::Lost(reason)
+                    End::Unreachable(reason)
                 }
             };
             // Report progress even when the session ends.
@@ -199,12 +202,17 @@ impl Client {
                     backoff = self.options.backoff_min;
                     continue;
                 }
-                End::Lost(reason) => {
+                End::Lost(ref reason) | End::Unreachable(ref reason) => {
                     if started.elapsed() >= HEALTHY_SESSION || self.last != seen_before {
                         backoff = self.options.backoff_min;
                     }
                     let delay = jittered(backoff);
-                    tracing::warn!(%reason, retry_in = ?delay, "Jetstream connection lost");
+                    if matches!(end, End::Lost(_)) {
+                        tracing::warn!(%reason, retry_in = ?delay, "Jetstream connection lost");
+                    } else {
+                        tracing::warn!(url = %self.options.url, %reason, retry_in = ?delay,
+                            "cannot connect to Jetstream");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
