@@ -188,7 +188,7 @@ async fn malformed_frames_are_skipped_and_the_stream_goes_on() {
 }
 
 #[tokio::test]
-async fn a_full_queue_pauses_intake_and_resumes_without_loss() {
+async fn a_full_queue_pauses_intake_and_resumes_without_loss_or_repeats() {
     let fake = FakeJetstream::start().await;
     let mut first = None;
     for i in 0..40 {
@@ -202,23 +202,32 @@ async fn a_full_queue_pauses_intake_and_resumes_without_loss() {
         first.get_or_insert(t);
     }
     let (tx, mut rx) = mpsc::channel(4);
-    let token = spawn(Client::new(
-        options(fake.url()),
-        tx,
-        Tracked::default(),
-        first,
-    ));
+    // A rewind longer than the whole burst: every reconnect asks for all 40 events again.
+    // Re-sending those already handed over would refill the queue with work the manager only
+    // skips, and a burst larger than the queue would never get through.
+    let opts = Options {
+        rewind: Duration::from_secs(5),
+        ..options(fake.url())
+    };
+    let token = spawn(Client::new(opts, tx, Tracked::default(), first));
     // Let the queue fill before reading anything: the client must disconnect, not block.
     while rx.len() < 4 {
         tokio::task::yield_now().await;
     }
-    let mut seen = HashSet::new();
+    let mut seen = Vec::new();
     while seen.len() < 40 {
         if let Command::Put { rkey, .. } = next_event(&mut rx).await {
-            seen.insert(rkey);
+            seen.push(rkey);
         }
     }
+    let expected: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    assert_eq!(seen, expected, "every event once, in order");
     assert!(fake.connections() >= 2, "intake paused by disconnecting");
+    assert!(
+        fake.cursors()[1..].iter().all(|c| *c <= first),
+        "each resume rewound to the start of the burst: {:?}",
+        fake.cursors()
+    );
     token.cancel();
 }
 

@@ -15,7 +15,9 @@
 //!   frame (servers ping every 30 s);
 //! - the socket reader never waits on processing: when the manager's queue is full it
 //!   disconnects, waits for the queue to drain, and resumes from the last event it handed
-//!   over, instead of letting the server's pings go unanswered;
+//!   over, instead of letting the server's pings go unanswered; the events a rewind sends
+//!   again that were already handed over are dropped here ([`Handed`]), so a burst larger
+//!   than the queue still makes progress;
 //! - malformed frames, unknown kinds and oversized records are logged with the DID and rkey,
 //!   counted, and skipped.
 
@@ -23,6 +25,7 @@ mod event;
 
 pub use event::{Event, MAX_EVENT_BYTES, ParseError, parse};
 
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -110,6 +113,60 @@ pub struct Client {
     last: Option<i64>,
     /// The last progress reported to the manager with a checkpoint.
     reported: Option<i64>,
+    /// What this process already handed over, for the length of a rewind.
+    handed: Handed,
+}
+
+/// Most events remembered by [`Handed`] (~5 MiB at worst); past it the oldest are forgotten,
+/// which only costs the manager an idempotent skip.
+const MAX_HANDED: usize = 65_536;
+
+/// The events handed to the manager, remembered for one rewind window so that a reconnect's
+/// rewind does not hand them over twice.
+///
+/// Why: after a pause for backpressure the client resumes from `cursor − rewind`. Were the
+/// events of that window that the manager already holds sent again, a window with more
+/// events than the queue takes (a burst of records, or a backfill after downtime) would
+/// fill the queue with work the manager only skips as already applied, and intake would
+/// stop making progress (found by the `faults` bench with 5,000 attestations in half a
+/// second). Keyed by `(time_us, did)`: a v1 `time_us` is unique per Jetstream instance and
+/// the DID keeps two instances' equal values apart. Events the first session never handed
+/// over — the ones a v1 host drops at its replay→live cutover (`jetstream.md` §3), which is
+/// what the rewind is for — are not in the set, so they still go through.
+#[derive(Debug, Default)]
+struct Handed {
+    order: VecDeque<(i64, String)>,
+    set: HashSet<(i64, String)>,
+}
+
+impl Handed {
+    fn insert(&mut self, key: (i64, String)) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+        }
+        if self.order.len() > MAX_HANDED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
+
+    fn contains(&self, key: &(i64, String)) -> bool {
+        self.set.contains(key)
+    }
+
+    /// Forgets events older than `cursor`: a subscription from `cursor` never sends them.
+    /// Insertion order is nearly time order, so trimming the front is enough to stay bounded.
+    fn forget_before(&mut self, cursor: i64) {
+        while let Some((t, _)) = self.order.front() {
+            if *t >= cursor {
+                break;
+            }
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl Client {
@@ -126,6 +183,7 @@ impl Client {
             tracked,
             last: cursor,
             reported: cursor,
+            handed: Handed::default(),
         }
     }
 
@@ -173,6 +231,9 @@ impl Client {
             }
             let rewind = self.options.rewind.as_micros() as i64;
             let cursor = self.last.map(|t| (t - rewind).max(1));
+            if let Some(c) = cursor {
+                self.handed.forget_before(c);
+            }
             let url = self.url(cursor)?;
             let started = Instant::now();
             let seen_before = self.last;
@@ -356,11 +417,21 @@ impl Client {
             }
         };
         if let Some(cmd) = command {
-            match self.tx.try_send(cmd) {
-                Ok(()) => {}
-                // Not handed over: resume from this event (cursors are inclusive).
-                Err(TrySendError::Full(_)) => return Some(End::Backpressure),
-                Err(TrySendError::Closed(_)) => return Some(End::Shutdown),
+            let key = time_us.zip(cmd.did()).map(|(t, did)| (t, did.to_owned()));
+            if key.as_ref().is_some_and(|k| self.handed.contains(k)) {
+                metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "replayed")
+                    .increment(1);
+            } else {
+                match self.tx.try_send(cmd) {
+                    Ok(()) => {
+                        if let Some(k) = key {
+                            self.handed.insert(k);
+                        }
+                    }
+                    // Not handed over: resume from this event (cursors are inclusive).
+                    Err(TrySendError::Full(_)) => return Some(End::Backpressure),
+                    Err(TrySendError::Closed(_)) => return Some(End::Shutdown),
+                }
             }
         }
         if let Some(t) = time_us {
@@ -446,5 +517,29 @@ mod tests {
             None,
         );
         assert!(bad.url(None).is_err());
+    }
+
+    #[test]
+    fn handed_over_events_are_remembered_for_one_window_and_bounded() {
+        let mut h = Handed::default();
+        let key = |t: i64, did: &str| (t, did.to_owned());
+        h.insert(key(10, "did:plc:a"));
+        h.insert(key(10, "did:plc:a"));
+        h.insert(key(20, "did:plc:b"));
+        assert!(h.contains(&key(10, "did:plc:a")));
+        assert!(!h.contains(&key(10, "did:plc:b")), "same time, other DID");
+        assert_eq!(h.order.len(), 2, "a repeat is stored once");
+        h.forget_before(15);
+        assert!(!h.contains(&key(10, "did:plc:a")));
+        assert!(h.contains(&key(20, "did:plc:b")));
+        for t in 0..(MAX_HANDED as i64 + 10) {
+            h.insert(key(100 + t, "did:plc:c"));
+        }
+        assert_eq!(h.order.len(), MAX_HANDED);
+        assert_eq!(h.set.len(), MAX_HANDED);
+        assert!(
+            !h.contains(&key(20, "did:plc:b")),
+            "the oldest are forgotten first"
+        );
     }
 }

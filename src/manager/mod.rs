@@ -135,7 +135,8 @@ pub enum Command {
 }
 
 impl Command {
-    fn did(&self) -> Option<&str> {
+    /// The DID the command is about (`None` for checkpoints).
+    pub fn did(&self) -> Option<&str> {
         match self {
             Command::Put { did, .. }
             | Command::Delete { did, .. }
