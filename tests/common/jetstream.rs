@@ -28,6 +28,8 @@ struct State {
     drops: VecDeque<usize>,
     connections: usize,
     cursors: Vec<Option<i64>>,
+    /// `time_us` follows the wall clock (at least 1 µs apart) instead of 1 ms steps.
+    wall_clock: bool,
 }
 
 /// A running fake Jetstream.
@@ -43,14 +45,10 @@ impl FakeJetstream {
     pub async fn start() -> FakeJetstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64;
         let fake = FakeJetstream {
             addr,
             state: Arc::new(Mutex::new(State {
-                next_time: now_us,
+                next_time: now_us(),
                 ..State::default()
             })),
             changed: Arc::new(Notify::new()),
@@ -94,11 +92,23 @@ impl FakeJetstream {
         s.drops.extend(std::iter::repeat_n(after, times));
     }
 
+    /// From now on, stamp events with the wall clock (as the real Jetstream does), so a
+    /// consumer's time-based rewind covers the events of that much real time. By default
+    /// events are spaced 1 ms apart whatever the pace, which suits tests that publish in
+    /// bursts; a long run at a steady pace (the `faults` bench) needs real time.
+    pub fn follow_wall_clock(&self) {
+        self.state.lock().unwrap().wall_clock = true;
+    }
+
     /// Publishes an event (the `time_us` is assigned here, strictly increasing) and returns
     /// its `time_us`. `collection` is `Some` for commit events.
     fn publish(&self, build: impl FnOnce(i64) -> Value, collection: Option<&str>) -> i64 {
         let mut s = self.state.lock().unwrap();
-        s.next_time += 1000;
+        s.next_time = if s.wall_clock {
+            (s.next_time + 1).max(now_us())
+        } else {
+            s.next_time + 1000
+        };
         let t = s.next_time;
         let text = build(t).to_string();
         s.log.push((t, text, collection.map(str::to_owned)));
@@ -262,6 +272,13 @@ impl FakeJetstream {
             }
         }
     }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
 }
 
 /// A TID (`spec:/specs/tid`) for a microsecond timestamp: 13 characters of base32-sortable,
