@@ -5,11 +5,13 @@
 //
 //   node bench/interop/verify-labels.mjs http://127.0.0.1:8081
 //
-// Needs `npm install --prefix bench/peer @atproto/crypto @ipld/dag-cbor cborg ws` (git-ignored).
+// Needs `npm install --prefix bench/peer @atproto/api @atproto/crypto @ipld/dag-cbor cborg ws`
+// (git-ignored).
 import { createRequire } from "node:module";
 
 const require = createRequire(new URL("../peer/", import.meta.url));
 const { verifySignature } = require("@atproto/crypto");
+const { AtpAgent } = require("@atproto/api");
 // ESM-only packages: import them by path from the git-ignored install.
 const cbor = await import(new URL("../peer/node_modules/@ipld/dag-cbor/src/index.js", import.meta.url));
 // dag-cbor has no "decode the first object" call; cborg (its codec) does, with its options.
@@ -48,6 +50,22 @@ do {
   cursor = body.cursor;
 } while (cursor);
 
+// The same pages through the official client, which validates every response against the
+// lexicon and turns `{"$bytes"}` into bytes.
+const agent = new AtpAgent({ service: base });
+let fromAgent = 0;
+cursor = undefined;
+do {
+  const { data } = await agent.com.atproto.label.queryLabels({ uriPatterns: ["*"], limit: 250, cursor });
+  for (const l of data.labels) {
+    if (!(l.sig instanceof Uint8Array)) throw new Error(`@atproto/api read sig as ${typeof l.sig}`);
+    await check(l, `@atproto/api queryLabels ${l.uri}`);
+    fromAgent++;
+  }
+  cursor = data.cursor;
+} while (cursor);
+if (fromAgent !== fromQuery) throw new Error(`@atproto/api saw ${fromAgent} labels, fetch ${fromQuery}`);
+
 // subscribeLabels from cursor=0: header + body per binary message.
 const ws = new WebSocket(new URL("/xrpc/com.atproto.label.subscribeLabels?cursor=0", base.replace(/^http/, "ws")));
 let fromStream = 0;
@@ -66,5 +84,5 @@ await new Promise((resolve, reject) => {
   });
   ws.on("error", reject);
 });
-console.log(`verified ${fromQuery} labels from queryLabels and ${fromStream} from subscribeLabels; ${failures} failures`);
+console.log(`verified ${fromQuery} labels from queryLabels (twice: fetch and @atproto/api) and ${fromStream} from subscribeLabels; ${failures} failures`);
 process.exit(failures ? 1 : 0);
