@@ -26,6 +26,7 @@ mod event;
 pub use event::{Event, MAX_EVENT_BYTES, ParseError, parse};
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -117,7 +118,7 @@ pub struct Client {
     handed: Handed,
 }
 
-/// Most events remembered by [`Handed`] (~5 MiB at worst); past it the oldest are forgotten,
+/// Most events remembered by [`Handed`] (about 2 MiB); past it the oldest are forgotten,
 /// which only costs the manager an idempotent skip.
 const MAX_HANDED: usize = 65_536;
 
@@ -129,19 +130,26 @@ const MAX_HANDED: usize = 65_536;
 /// events than the queue takes (a burst of records, or a backfill after downtime) would
 /// fill the queue with work the manager only skips as already applied, and intake would
 /// stop making progress (found by the `faults` bench with 5,000 attestations in half a
-/// second). Keyed by `(time_us, did)`: a v1 `time_us` is unique per Jetstream instance and
-/// the DID keeps two instances' equal values apart. Events the first session never handed
-/// over — the ones a v1 host drops at its replay→live cutover (`jetstream.md` §3), which is
-/// what the rewind is for — are not in the set, so they still go through.
+/// second). Keyed by `time_us` and a keyed hash of the DID: a v1 `time_us` is unique per
+/// Jetstream instance, and the DID keeps two instances' equal values apart (a false match
+/// would need a SipHash collision under this process's random key at the same
+/// microsecond). Events the first session never handed over — the ones a v1 host drops at
+/// its replay→live cutover (`jetstream.md` §3), which is what the rewind is for — are not
+/// in the set, so they still go through.
 #[derive(Debug, Default)]
 struct Handed {
-    order: VecDeque<(i64, String)>,
-    set: HashSet<(i64, String)>,
+    hasher: std::hash::RandomState,
+    order: VecDeque<(i64, u64)>,
+    set: HashSet<(i64, u64)>,
 }
 
 impl Handed {
-    fn insert(&mut self, key: (i64, String)) {
-        if self.set.insert(key.clone()) {
+    fn key(&self, time_us: i64, did: &str) -> (i64, u64) {
+        (time_us, self.hasher.hash_one(did))
+    }
+
+    fn insert(&mut self, key: (i64, u64)) {
+        if self.set.insert(key) {
             self.order.push_back(key);
         }
         if self.order.len() > MAX_HANDED
@@ -151,7 +159,7 @@ impl Handed {
         }
     }
 
-    fn contains(&self, key: &(i64, String)) -> bool {
+    fn contains(&self, key: &(i64, u64)) -> bool {
         self.set.contains(key)
     }
 
@@ -417,7 +425,7 @@ impl Client {
             }
         };
         if let Some(cmd) = command {
-            let key = time_us.zip(cmd.did()).map(|(t, did)| (t, did.to_owned()));
+            let key = time_us.zip(cmd.did()).map(|(t, did)| self.handed.key(t, did));
             if key.as_ref().is_some_and(|k| self.handed.contains(k)) {
                 metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "replayed")
                     .increment(1);
@@ -522,7 +530,8 @@ mod tests {
     #[test]
     fn handed_over_events_are_remembered_for_one_window_and_bounded() {
         let mut h = Handed::default();
-        let key = |t: i64, did: &str| (t, did.to_owned());
+        let hasher = h.hasher.clone();
+        let key = |t: i64, did: &str| (t, hasher.hash_one(did));
         h.insert(key(10, "did:plc:a"));
         h.insert(key(10, "did:plc:a"));
         h.insert(key(20, "did:plc:b"));
