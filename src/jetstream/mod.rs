@@ -425,7 +425,9 @@ impl Client {
             }
         };
         if let Some(cmd) = command {
-            let key = time_us.zip(cmd.did()).map(|(t, did)| self.handed.key(t, did));
+            let key = time_us
+                .zip(cmd.did())
+                .map(|(t, did)| self.handed.key(t, did));
             if key.as_ref().is_some_and(|k| self.handed.contains(k)) {
                 metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "replayed")
                     .increment(1);
