@@ -2340,13 +2340,21 @@ async fn soak(args: &Args) -> anyhow::Result<Checks> {
             got.len()
         ),
     );
+    // A broken DMARC is negated at the first re-check after the break (up to one
+    // `reverifyInterval`, a minute, plus the confirmation), so a shorter run cannot show it.
+    let expect_negations = args.minutes >= 2.0;
     checks.check(
         "re-verification ran during the soak and changed labels",
-        verifications > n_published && history.iter().any(|h| h.neg),
+        verifications > n_published && (history.iter().any(|h| h.neg) || !expect_negations),
         format!(
-            "{} re-verifications, {} negations",
+            "{} re-verifications, {} negations{}",
             verifications.saturating_sub(n_published),
-            history.iter().filter(|h| h.neg).count()
+            history.iter().filter(|h| h.neg).count(),
+            if expect_negations {
+                ""
+            } else {
+                " (not required in a run under 2 minutes)"
+            }
         ),
     );
     // Flatness: the last quarter's median RSS against the second quarter's.
