@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use atmos_labeler::label::{Label, SignedLabel};
 use serde_json::{Value, json};
 
-use crate::common::label_vectors;
 use crate::common::server::{TestServer, key, label, options, seed, verify};
+use crate::common::{label_vectors, vector_label};
 
 const PATH: &str = "/xrpc/com.atproto.label.queryLabels";
 
@@ -66,17 +66,7 @@ async fn labels_are_the_vector_json() {
     let v = label_vectors();
     let case = &v["cases"][0];
     let s = TestServer::start_with(options(), |store| {
-        let l = &case["unsignedLabel"];
-        let signed = Label {
-            src: l["src"].as_str().unwrap().into(),
-            uri: l["uri"].as_str().unwrap().into(),
-            cid: None,
-            val: l["val"].as_str().unwrap().into(),
-            neg: false,
-            cts: l["cts"].as_str().unwrap().into(),
-            exp: None,
-        }
-        .sign(&key());
+        let signed = vector_label(&case["unsignedLabel"]).sign(&key());
         store.write_labels(&[signed]).unwrap();
     })
     .await;

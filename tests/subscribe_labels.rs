@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use atmos_labeler::label::Label;
 use atmos_labeler::server::Options;
 use atmos_labeler::store::Store;
 use futures_util::StreamExt;
@@ -13,23 +12,13 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::common::server::{
     Event, Subscriber, TestServer, WAIT, decode, key, label, options, seed, seed_labels,
 };
-use crate::common::{label_vectors, unhex};
+use crate::common::{label_vectors, unhex, vector_label};
 
 #[tokio::test]
 async fn frames_are_byte_identical_to_the_vectors() {
     let v = label_vectors();
     let s = TestServer::start_with(options(), |store| {
-        let l = &v["cases"][0]["unsignedLabel"];
-        let signed = Label {
-            src: l["src"].as_str().unwrap().into(),
-            uri: l["uri"].as_str().unwrap().into(),
-            cid: None,
-            val: l["val"].as_str().unwrap().into(),
-            neg: false,
-            cts: l["cts"].as_str().unwrap().into(),
-            exp: None,
-        }
-        .sign(&key());
+        let signed = vector_label(&v["cases"][0]["unsignedLabel"]).sign(&key());
         assert_eq!(store.write_labels(&[signed]).unwrap()[0].seq, 1);
     })
     .await;

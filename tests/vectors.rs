@@ -4,24 +4,10 @@
 
 use atmos_labeler::frame;
 use atmos_labeler::keys::{PublicKey, SigningKey};
-use atmos_labeler::label::{Label, SignedLabel};
+use atmos_labeler::label::SignedLabel;
 use serde_json::Value;
 
-use crate::common::{label_vectors, unhex};
-
-fn label_from(v: &Value) -> Label {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    assert_eq!(v["ver"], 1);
-    Label {
-        src: s("src").unwrap(),
-        uri: s("uri").unwrap(),
-        cid: s("cid"),
-        val: s("val").unwrap(),
-        neg: v.get("neg").and_then(Value::as_bool).unwrap_or(false),
-        cts: s("cts").unwrap(),
-        exp: s("exp"),
-    }
-}
+use crate::common::{label_vectors, unhex, vector_label};
 
 fn keys() -> Vec<SigningKey> {
     label_vectors()["keys"]
@@ -49,7 +35,7 @@ fn signing_bytes_signatures_and_json_match_every_case() {
     for case in v["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let key = &keys[case["key"].as_u64().unwrap() as usize];
-        let label = label_from(&case["unsignedLabel"]);
+        let label = vector_label(&case["unsignedLabel"]);
         assert_eq!(
             label.signing_bytes(),
             unhex(case["unsignedDagCborHex"].as_str().unwrap()),
@@ -74,7 +60,7 @@ fn signing_bytes_signatures_and_json_match_every_case() {
 fn frames_match_byte_for_byte() {
     let v = label_vectors();
     let key = &keys()[0];
-    let label = label_from(&v["cases"][0]["unsignedLabel"]);
+    let label = vector_label(&v["cases"][0]["unsignedLabel"]);
     let signed = label.sign(key);
     let expected = unhex(v["subscribeFrame"]["frameHex"].as_str().unwrap());
     assert_eq!(
@@ -110,7 +96,7 @@ fn high_s_and_tampered_signatures_are_rejected() {
     let v = label_vectors();
     let key = &keys()[0];
     let public = PublicKey::parse(key.did_key()).unwrap();
-    let signed: SignedLabel = label_from(&v["cases"][0]["unsignedLabel"]).sign(key);
+    let signed: SignedLabel = vector_label(&v["cases"][0]["unsignedLabel"]).sign(key);
     signed.verify(&public).unwrap();
 
     let mut high = signed.clone();

@@ -25,6 +25,28 @@ pub fn label_vectors() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A vector case's `unsignedLabel` as a [`Label`](atmos_labeler::label::Label).
+pub fn vector_label(v: &serde_json::Value) -> atmos_labeler::label::Label {
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    assert_eq!(v["ver"], 1);
+    atmos_labeler::label::Label {
+        src: s("src").unwrap(),
+        uri: s("uri").unwrap(),
+        cid: s("cid"),
+        val: s("val").unwrap(),
+        neg: v
+            .get("neg")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        cts: s("cts").unwrap(),
+        exp: s("exp"),
+    }
+}
+
 pub mod jetstream;
 
 /// Waits for `cond` to hold, polling `poll` between checks, for at most `limit`.
