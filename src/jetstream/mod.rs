@@ -130,10 +130,11 @@ const MAX_HANDED: usize = 65_536;
 /// events than the queue takes (a burst of records, or a backfill after downtime) would
 /// fill the queue with work the manager only skips as already applied, and intake would
 /// stop making progress (found by the `faults` bench with 5,000 attestations in half a
-/// second). Keyed by `time_us` and a keyed hash of the DID: a v1 `time_us` is unique per
-/// Jetstream instance, and the DID keeps two instances' equal values apart (a false match
-/// would need a SipHash collision under this process's random key at the same
-/// microsecond). Events the first session never handed over — the ones a v1 host drops at
+/// second). Keyed by `time_us` and a keyed hash of what the event says (DID, kind, and the
+/// commit's rkey, rev and CID or the account's status), so only the same event matches even
+/// where `time_us` is not unique (a v1 endpoint on a JS2 host after a timestamp import,
+/// `jetstream.md` §2; a false match would need a SipHash collision under this process's
+/// random key at the same microsecond). Events the first session never handed over — the ones a v1 host drops at
 /// its replay→live cutover (`jetstream.md` §3), which is what the rewind is for — are not
 /// in the set, so they still go through.
 #[derive(Debug, Default)]
@@ -144,8 +145,29 @@ struct Handed {
 }
 
 impl Handed {
-    fn key(&self, time_us: i64, did: &str) -> (i64, u64) {
-        (time_us, self.hasher.hash_one(did))
+    /// The key of a Jetstream command at `time_us` (`None` for commands Jetstream never
+    /// sends).
+    fn key(&self, time_us: i64, cmd: &Command) -> Option<(i64, u64)> {
+        let h = &self.hasher;
+        let hash = match cmd {
+            Command::Put {
+                did,
+                rkey,
+                rev,
+                cid,
+                ..
+            } => h.hash_one(("put", did, rkey, rev, cid)),
+            Command::Delete { did, rkey, rev, .. } => h.hash_one(("delete", did, rkey, rev)),
+            Command::Identity { did, .. } => h.hash_one(("identity", did)),
+            Command::Account {
+                did,
+                active,
+                status,
+                ..
+            } => h.hash_one(("account", did, active, status)),
+            Command::Checkpoint { .. } | Command::Recheck { .. } => return None,
+        };
+        Some((time_us, hash))
     }
 
     fn insert(&mut self, key: (i64, u64)) {
@@ -425,9 +447,7 @@ impl Client {
             }
         };
         if let Some(cmd) = command {
-            let key = time_us
-                .zip(cmd.did())
-                .map(|(t, did)| self.handed.key(t, did));
+            let key = time_us.and_then(|t| self.handed.key(t, &cmd));
             if key.as_ref().is_some_and(|k| self.handed.contains(k)) {
                 metrics::counter!(telemetry::JETSTREAM_SKIPPED, "reason" => "replayed")
                     .increment(1);
@@ -532,24 +552,53 @@ mod tests {
     #[test]
     fn handed_over_events_are_remembered_for_one_window_and_bounded() {
         let mut h = Handed::default();
-        let hasher = h.hasher.clone();
-        let key = |t: i64, did: &str| (t, hasher.hash_one(did));
-        h.insert(key(10, "did:plc:a"));
-        h.insert(key(10, "did:plc:a"));
-        h.insert(key(20, "did:plc:b"));
-        assert!(h.contains(&key(10, "did:plc:a")));
-        assert!(!h.contains(&key(10, "did:plc:b")), "same time, other DID");
-        assert_eq!(h.order.len(), 2, "a repeat is stored once");
+        let put = |did: &str, rev: &str| Command::Put {
+            did: did.to_owned(),
+            rkey: "self".to_owned(),
+            rev: rev.to_owned(),
+            record: serde_json::Value::Null,
+            cid: None,
+            cursor: 0,
+        };
+        let a = h.key(10, &put("did:plc:a", "3m1")).unwrap();
+        h.insert(a);
+        h.insert(a);
+        assert_eq!(h.order.len(), 1, "a repeat is stored once");
+        assert!(h.contains(&h.key(10, &put("did:plc:a", "3m1")).unwrap()));
+        assert!(
+            !h.contains(&h.key(10, &put("did:plc:b", "3m1")).unwrap()),
+            "other DID"
+        );
+        assert!(
+            !h.contains(&h.key(10, &put("did:plc:a", "3m2")).unwrap()),
+            "other commit"
+        );
+        assert!(
+            !h.contains(&h.key(11, &put("did:plc:a", "3m1")).unwrap()),
+            "other time"
+        );
+        let account = |active: bool| Command::Account {
+            did: "did:plc:a".to_owned(),
+            active,
+            status: None,
+            cursor: 0,
+        };
+        h.insert(h.key(20, &account(false)).unwrap());
+        assert!(
+            !h.contains(&h.key(20, &account(true)).unwrap()),
+            "other status"
+        );
+        assert!(h.key(20, &Command::Checkpoint { cursor: 20 }).is_none());
         h.forget_before(15);
-        assert!(!h.contains(&key(10, "did:plc:a")));
-        assert!(h.contains(&key(20, "did:plc:b")));
+        assert!(!h.contains(&a));
+        assert!(h.contains(&h.key(20, &account(false)).unwrap()));
         for t in 0..(MAX_HANDED as i64 + 10) {
-            h.insert(key(100 + t, "did:plc:c"));
+            h.insert((100 + t, 0));
         }
         assert_eq!(h.order.len(), MAX_HANDED);
         assert_eq!(h.set.len(), MAX_HANDED);
         assert!(
-            !h.contains(&key(20, "did:plc:b")),
+            !h.contains(&h.key(20, &account(false)).unwrap()),
             "the oldest are forgotten first"
         );
     }

@@ -135,8 +135,7 @@ pub enum Command {
 }
 
 impl Command {
-    /// The DID the command is about (`None` for checkpoints).
-    pub fn did(&self) -> Option<&str> {
+    fn did(&self) -> Option<&str> {
         match self {
             Command::Put { did, .. }
             | Command::Delete { did, .. }
