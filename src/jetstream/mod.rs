@@ -134,9 +134,9 @@ const MAX_HANDED: usize = 65_536;
 /// commit's rkey, rev and CID or the account's status), so only the same event matches even
 /// where `time_us` is not unique (a v1 endpoint on a JS2 host after a timestamp import,
 /// `jetstream.md` §2; a false match would need a SipHash collision under this process's
-/// random key at the same microsecond). Events the first session never handed over — the ones a v1 host drops at
-/// its replay→live cutover (`jetstream.md` §3), which is what the rewind is for — are not
-/// in the set, so they still go through.
+/// random key at the same microsecond). Events the first session never handed over — the
+/// ones a v1 host drops at its replay→live cutover (`jetstream.md` §3), which is what the
+/// rewind is for — are not in the set, so they still go through.
 #[derive(Debug, Default)]
 struct Handed {
     hasher: std::hash::RandomState,
