@@ -308,12 +308,12 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     }
     let exact_lua = dir.join("exact.lua");
     let prefix_lua = dir.join("prefix.lua");
-    std::fs::write(&exact_lua, EXACT_LUA)?;
-    std::fs::write(&prefix_lua, PREFIX_LUA)?;
+    std::fs::write(&exact_lua, wrk_script(EXACT_LUA))?;
+    std::fs::write(&prefix_lua, wrk_script(PREFIX_LUA))?;
     let all_lua = dir.join("all.lua");
     let broad_lua = dir.join("broad.lua");
-    std::fs::write(&all_lua, paged_lua("*", a.labels))?;
-    std::fs::write(&broad_lua, paged_lua("did:plc:*", a.labels))?;
+    std::fs::write(&all_lua, wrk_script(&paged_lua("*", a.labels)))?;
+    std::fs::write(&broad_lua, wrk_script(&paged_lua("did:plc:*", a.labels)))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
     let targets: &[Target] = if a.peer {
         ensure_peer()?;
@@ -519,11 +519,8 @@ fn seed(db: &Path, dids: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-const EXACT_LUA: &str = r#"
-local f = assert(io.open(os.getenv("DIDS_FILE"), "rb"))
-local blob = f:read("*a")
-f:close()
-local n = #blob / 32
+/// Gives each wrk thread its own random sequence; every script starts with it.
+const SEED_PER_THREAD_LUA: &str = r#"
 local t = 0
 function setup(thread)
   t = t + 1
@@ -532,6 +529,18 @@ end
 function init(args)
   math.randomseed(os.time() * 7 + (tid or 0))
 end
+"#;
+
+/// A wrk script: the per-thread seeding, then `body` (its `request()`).
+fn wrk_script(body: &str) -> String {
+    format!("{SEED_PER_THREAD_LUA}{body}")
+}
+
+const EXACT_LUA: &str = r#"
+local f = assert(io.open(os.getenv("DIDS_FILE"), "rb"))
+local blob = f:read("*a")
+f:close()
+local n = #blob / 32
 function request()
   local i = math.random(0, n - 1)
   return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32))
@@ -540,14 +549,6 @@ end
 
 const PREFIX_LUA: &str = r#"
 local alphabet = "abcdefghijklmnopqrstuvwxyz234567"
-local t = 0
-function setup(thread)
-  t = t + 1
-  thread:set("tid", t)
-end
-function init(args)
-  math.randomseed(os.time() * 7 + (tid or 0))
-end
 function request()
   local a = math.random(1, 32)
   local b = math.random(1, 32)
@@ -559,14 +560,6 @@ end
 fn paged_lua(pattern: &str, labels: usize) -> String {
     format!(
         r#"
-local t = 0
-function setup(thread)
-  t = t + 1
-  thread:set("tid", t)
-end
-function init(args)
-  math.randomseed(os.time() * 7 + (tid or 0))
-end
 function request()
   return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=50&uriPatterns={pattern}&cursor=" .. math.random(0, {last}))
 end
