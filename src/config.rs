@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::syntax;
+
 /// The commented default configuration written by `labeler -init` (and shipped at the repo
 /// root as `config.json.example`).
 pub const EXAMPLE: &str = include_str!("../config.json.example");
@@ -238,14 +240,18 @@ impl Config {
             dns_servers.push(addr);
         }
 
-        if let Some(did) = raw.labeler_did.as_ref().filter(|d| !is_did(d)) {
+        if let Some(did) = raw.labeler_did.as_ref().filter(|d| !syntax::is_did(d)) {
             return Err(invalid(
                 "labelerDid",
                 format!("{did:?} is not a DID (did:plc:…, did:web:…, did:key:…)"),
             ));
         }
 
-        if let Some(inc) = raw.relay_spf_include.as_ref().filter(|i| !is_hostname(i)) {
+        if let Some(inc) = raw
+            .relay_spf_include
+            .as_ref()
+            .filter(|i| !syntax::is_dns_name(i))
+        {
             return Err(invalid(
                 "relaySpfInclude",
                 format!("{inc:?} is not a domain name"),
@@ -390,40 +396,6 @@ fn check_url(s: &str, schemes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// A DID: `did:<method>:<identifier>` per `spec:/specs/did` "DID Syntax".
-pub fn is_did(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("did:") else {
-        return false;
-    };
-    let Some((method, id)) = rest.split_once(':') else {
-        return false;
-    };
-    !method.is_empty()
-        && method.bytes().all(|b| b.is_ascii_lowercase())
-        && !id.is_empty()
-        && s.len() <= 2048
-        && !id.ends_with(':')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:%-".contains(&b))
-}
-
-/// An LDH hostname with at least two labels (underscores allowed, as SPF include targets
-/// such as `_spf.example.com` use them).
-pub fn is_hostname(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    s.len() <= 253
-        && s.contains('.')
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,17 +479,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("c:1:"), "{err}");
-    }
-
-    #[test]
-    fn did_and_hostname_syntax() {
-        assert!(is_did("did:plc:ewvi7nxzyoun6zhxrhs64oiz"));
-        assert!(is_did("did:web:localhost%3A8080"));
-        assert!(!is_did("did:plc:"));
-        assert!(!is_did("did:PLC:abc"));
-        assert!(!is_did("did:plc:a b"));
-        assert!(is_hostname("_spf.relay.atmos.email"));
-        assert!(!is_hostname("localhost"));
-        assert!(!is_hostname("-a.example"));
     }
 }

@@ -86,7 +86,7 @@ impl DidDocument {
         self.also_known_as
             .iter()
             .filter_map(|aka| aka.strip_prefix("at://"))
-            .find(|h| is_handle(h))
+            .find(|h| crate::syntax::is_handle(h))
             .map(str::to_ascii_lowercase)
     }
 
@@ -349,7 +349,7 @@ impl Resolver {
         if !fresh && let Some(doc) = self.cached(did) {
             return Ok(doc);
         }
-        if !crate::config::is_did(did) {
+        if !crate::syntax::is_did(did) {
             return Err(unsupported(did, "not a DID"));
         }
         let (client, url) = if did.starts_with("did:plc:") {
@@ -697,9 +697,7 @@ fn did_web_url(did: &str, allow_private: bool) -> Result<String, Error> {
         }
     } else {
         let dev_localhost = allow_private && host == "localhost";
-        let valid = crate::config::is_hostname(host)
-            && !host.contains('_')
-            && host == host.to_ascii_lowercase();
+        let valid = crate::syntax::is_host_name(host);
         if !(dev_localhost || valid) {
             return Err(unsupported(did, "the host is not a lowercase DNS name"));
         }
@@ -775,26 +773,6 @@ fn xrpc_detail(body: &[u8]) -> String {
     }
 }
 
-/// atproto handle syntax (`specs/handle`): ASCII letters, digits and hyphens, 2+ labels of
-/// 1–63 characters not starting or ending with a hyphen, at most 253 characters, and a last
-/// label that does not start with a digit.
-pub fn is_handle(s: &str) -> bool {
-    let labels: Vec<&str> = s.split('.').collect();
-    s.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-        && labels
-            .last()
-            .and_then(|l| l.bytes().next())
-            .is_some_and(|b| b.is_ascii_alphabetic())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,18 +818,6 @@ mod tests {
         .unwrap();
         assert_eq!(doc.pds, None);
         assert_eq!(doc.handle(), None);
-    }
-
-    #[test]
-    fn handle_syntax() {
-        assert!(is_handle("alice.example.com"));
-        assert!(is_handle("xn--bcher-kva.example"));
-        assert!(!is_handle("example"));
-        assert!(!is_handle("a.123"));
-        assert!(!is_handle("-a.example"));
-        assert!(!is_handle("a..example"));
-        assert!(!is_handle("a_b.example"));
-        assert!(!is_handle("bücher.example"));
     }
 
     #[test]

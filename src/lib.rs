@@ -25,5 +25,6 @@ pub mod manager;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod syntax;
 pub mod telemetry;
 pub mod verify;

@@ -7,9 +7,8 @@
 
 use serde_json::Value;
 
-use crate::attestation;
-use crate::config::is_did;
 use crate::manager::Command;
+use crate::syntax::{is_did, is_record_key, is_rev};
 
 /// Largest event we accept for our collection. Attestation records are a few hundred bytes;
 /// anything this large is hostile or broken.
@@ -103,7 +102,7 @@ pub fn parse(text: &str, collection: &str) -> Result<Event, ParseError> {
                     ),
                 );
             }
-            let Some(rkey) = str_field("rkey").filter(|r| attestation::is_record_key(r)) else {
+            let Some(rkey) = str_field("rkey").filter(|r| is_record_key(r)) else {
                 return fail(err, "missing or invalid \"rkey\"".to_owned());
             };
             let Some(rev) = str_field("rev").filter(|r| is_rev(r)) else {
@@ -175,15 +174,6 @@ pub fn parse(text: &str, collection: &str) -> Result<Event, ParseError> {
             reason: "unknown-kind",
         }),
     }
-}
-
-/// A repo revision: a TID-like token (13 base32-sortable characters today; accept 1–64 of
-/// the TID alphabet so a format change does not stop the stream).
-fn is_rev(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Shortens untrusted text for error messages.

@@ -10,9 +10,6 @@ use std::borrow::Cow;
 
 use super::error::XrpcError;
 
-/// Longest DID accepted (`spec:/specs/did`: "DIDs are limited to 2 KB").
-const MAX_DID_LEN: usize = 2048;
-
 /// The `key=value` pairs of a query string, in order, percent-decoded
 /// (`application/x-www-form-urlencoded`: `+` is a space). A pair whose value is not valid
 /// UTF-8 after decoding is an error naming its key.
@@ -79,25 +76,6 @@ pub(crate) fn int_in(name: &str, value: &str, min: i64, max: i64) -> Result<i64,
     }
 }
 
-/// Checks `spec:/specs/did` syntax: `did:<method>:<id>`, method lowercase letters, id of
-/// `[A-Za-z0-9._:%-]` not ending in `:` or `%`, at most 2 KB.
-pub(crate) fn is_did(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("did:") else {
-        return false;
-    };
-    let Some((method, id)) = rest.split_once(':') else {
-        return false;
-    };
-    s.len() <= MAX_DID_LEN
-        && !method.is_empty()
-        && method.bytes().all(|b| b.is_ascii_lowercase())
-        && !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-'))
-        && !id.ends_with([':', '%'])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,30 +117,6 @@ mod tests {
             "99999999999999999999",
         ] {
             assert!(int_in("limit", bad, 1, 250).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn did_syntax() {
-        for ok in [
-            "did:plc:ewvi7nxzyoun6zhxrhs64oiz",
-            "did:web:example.com",
-            "did:web:localhost%3A8080",
-        ] {
-            assert!(is_did(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "did:",
-            "did:plc",
-            "did:plc:",
-            "did:PLC:abc",
-            "did:plc:a b",
-            "did:plc:abc:",
-            "did:plc:abc%",
-            "at://did:plc:a",
-        ] {
-            assert!(!is_did(bad), "{bad}");
         }
     }
 }

@@ -76,7 +76,7 @@ pub(crate) fn parse(query: &str) -> Result<LabelQuery, XrpcError> {
                 if q.sources.len() == MAX_VALUES {
                     return Err(too_many("sources"));
                 }
-                if !params::is_did(&value) {
+                if !crate::syntax::is_did(&value) {
                     let shown: String = value.chars().take(100).collect();
                     return Err(XrpcError::InvalidRequest(format!(
                         "sources must be DIDs; got {shown:?}"

@@ -40,7 +40,7 @@ pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
 /// path. The port, if any, is percent-encoded in the DID (`did:web:localhost%3A8080`).
 pub(crate) fn did_document(did: &str, multikey: &str) -> Option<String> {
     let host = did.strip_prefix("did:web:")?;
-    if host.is_empty() || host.contains(':') || !params::is_did(did) {
+    if host.is_empty() || host.contains(':') || !crate::syntax::is_did(did) {
         return None;
     }
     let host = host.replace("%3A", ":").replace("%3a", ":");
@@ -101,7 +101,7 @@ pub(crate) async fn get_verification(
     let did = did.ok_or_else(|| {
         XrpcError::InvalidRequest("Error: Params must have the property \"did\"".to_owned())
     })?;
-    if !params::is_did(&did) {
+    if !crate::syntax::is_did(&did) {
         let shown: String = did.chars().take(100).collect();
         return Err(XrpcError::InvalidRequest(format!(
             "did must be a DID; got {shown:?}"

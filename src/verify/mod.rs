@@ -260,7 +260,7 @@ impl Checker {
         fresh: bool,
     ) -> Report {
         let mut checks = Vec::new();
-        let input_problem = if !crate::config::is_did(did) {
+        let input_problem = if !crate::syntax::is_did(did) {
             Some(format!("{:?} is not a valid DID", tags::clip(did)))
         } else {
             domain_problem(domain).map(|p| format!("{:?} {p}", tags::clip(domain)))
