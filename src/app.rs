@@ -220,10 +220,7 @@ pub async fn start(
         return Err(Error::NoState(config.state_dir.clone()));
     }
     let key = SigningKey::load(&config.signing_key_path)?;
-    let did = config
-        .labeler_did
-        .clone()
-        .unwrap_or_else(|| key.did_key().to_owned());
+    let did = config.src_did(&key);
     let store = Store::open(&config.db_path())?;
     let cursor = store.cursor()?;
     let addr = listener.local_addr().map_err(|source| Error::Listen {

@@ -332,10 +332,7 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
     let store = Store::open(&config.db_path())?;
     let key = || -> Result<(SigningKey, String), Error> {
         let key = SigningKey::load(&config.signing_key_path)?;
-        let src = config
-            .labeler_did
-            .clone()
-            .unwrap_or_else(|| key.did_key().to_owned());
+        let src = config.src_did(&key);
         Ok((key, src))
     };
     let print = |seq: i64, l: &label::SignedLabel| {
@@ -391,15 +388,9 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
             }
         }
         LabelAction::List { uri, limit } => {
-            let pattern = match uri.strip_suffix('*') {
-                Some(p) if !p.contains('*') => UriPattern::Prefix(p.to_owned()),
-                _ if !uri.contains('*') => UriPattern::Exact(uri),
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "--uri {uri:?}: '*' is only allowed at the end"
-                    )));
-                }
-            };
+            let pattern = UriPattern::parse(&uri).ok_or_else(|| {
+                Error::Usage(format!("--uri {uri:?}: '*' is only allowed at the end"))
+            })?;
             let mut after = 0;
             let mut left = limit;
             while left > 0 {

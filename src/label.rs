@@ -101,6 +101,19 @@ pub struct LabelRef<'a> {
 }
 
 impl LabelRef<'_> {
+    /// An owned copy.
+    pub fn to_label(&self) -> Label {
+        Label {
+            src: self.src.to_owned(),
+            uri: self.uri.to_owned(),
+            cid: self.cid.map(str::to_owned),
+            val: self.val.to_owned(),
+            neg: self.neg,
+            cts: self.cts.to_owned(),
+            exp: self.exp.map(str::to_owned),
+        }
+    }
+
     /// Appends the DAG-CBOR map of this label to `out`, with `sig` when given.
     ///
     /// Keys are all three bytes long, so canonical (length-first) order is plain

@@ -25,7 +25,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, Store, Watcher, encode_frames_after};
+use crate::frame;
+use crate::store::{self, Store, Watcher};
 
 /// Labels read per SQLite round trip (the backfill's page size, `performance.md`).
 pub(crate) const PAGE: usize = 1000;
@@ -65,7 +66,10 @@ impl Page {
     ) -> Result<Page, store::Error> {
         let mut buf = Vec::with_capacity(capacity_hint);
         let mut ends = Vec::new();
-        store.read(|c| encode_frames_after(c, after, PAGE, &mut buf, &mut ends))?;
+        store.visit_after(after, PAGE, |seq, label, sig| {
+            frame::write_label_frame(&mut buf, seq, label, sig);
+            ends.push((seq, buf.len()));
+        })?;
         Ok(Page {
             buf: Bytes::from(buf),
             ends,

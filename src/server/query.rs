@@ -108,18 +108,12 @@ fn too_many(name: &str) -> XrpcError {
     XrpcError::InvalidRequest(format!("at most {MAX_VALUES} {name} values are allowed"))
 }
 
-/// One `uriPatterns` value: exact, or a prefix when its only `*` is the last character.
+/// One `uriPatterns` value ([`UriPattern::parse`]); a misplaced `*` is a 400 naming it.
 fn pattern(p: &str) -> Result<UriPattern, XrpcError> {
-    match p.find('*') {
-        None => Ok(UriPattern::Exact(p.to_owned())),
-        Some(i) if i + 1 == p.len() => Ok(UriPattern::Prefix(p[..i].to_owned())),
-        Some(_) => {
-            let shown: String = p.chars().take(200).collect();
-            Err(XrpcError::InvalidRequest(format!(
-                "invalid pattern: {shown}"
-            )))
-        }
-    }
+    UriPattern::parse(p).ok_or_else(|| {
+        let shown: String = p.chars().take(200).collect();
+        XrpcError::InvalidRequest(format!("invalid pattern: {shown}"))
+    })
 }
 
 /// Runs the query and writes the response body: `{"labels":[…],"cursor":"<seq>"}`, the

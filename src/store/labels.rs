@@ -4,10 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, params};
 
 use super::{Error, Store};
-use crate::frame;
-use crate::label::{Label, LabelRef, SignedLabel};
+use crate::label::{LabelRef, SignedLabel};
 
-/// Columns in the order [`from_row`] and [`borrow_row`] read them.
+/// Columns in the order [`borrow_row`] reads them.
 const COLUMNS: &str = "seq, src, uri, cid, val, neg, cts, exp, sig";
 
 /// Current labels after a seq, in seq order: backfill pages and the live feed.
@@ -38,6 +37,20 @@ pub enum UriPattern {
     Prefix(String),
 }
 
+impl UriPattern {
+    /// Parses one `uriPatterns` value of `com.atproto.label.queryLabels`
+    /// (<https://atproto.com/specs/label>): a prefix when its only `*` is the last character
+    /// (`*` alone matches every subject), else exact. `None` when a `*` stands anywhere else,
+    /// which the lexicon does not allow.
+    pub fn parse(p: &str) -> Option<UriPattern> {
+        match p.find('*') {
+            None => Some(UriPattern::Exact(p.to_owned())),
+            Some(i) if i + 1 == p.len() => Some(UriPattern::Prefix(p[..i].to_owned())),
+            Some(_) => None,
+        }
+    }
+}
+
 /// A queryLabels request, already validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelQuery {
@@ -51,29 +64,28 @@ pub struct LabelQuery {
     pub limit: usize,
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<StoredLabel> {
-    let cid: String = r.get(3)?;
-    let sig_bytes: Vec<u8> = r.get(8)?;
-    let sig: [u8; 64] = sig_bytes.as_slice().try_into().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            8,
-            rusqlite::types::Type::Blob,
-            "signature is not 64 bytes".into(),
-        )
-    })?;
+/// Runs `stmt` with `args` and collects the rows (columns in [`COLUMNS`] order) as owned
+/// labels, decoded by [`borrow_row`] like every other read of the label columns.
+fn collect_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    args: impl rusqlite::Params,
+) -> Result<Vec<StoredLabel>, Error> {
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(owned_row(r)?);
+    }
+    Ok(out)
+}
+
+/// One `labels` or `label_history` row as an owned label.
+fn owned_row(r: &Row<'_>) -> Result<StoredLabel, Error> {
+    let (seq, label, sig) = borrow_row(r)?;
     Ok(StoredLabel {
-        seq: r.get(0)?,
+        seq,
         signed: SignedLabel {
-            label: Label {
-                src: r.get(1)?,
-                uri: r.get(2)?,
-                cid: (!cid.is_empty()).then_some(cid),
-                val: r.get(4)?,
-                neg: r.get(5)?,
-                cts: r.get(6)?,
-                exp: r.get(7)?,
-            },
-            sig,
+            label: label.to_label(),
+            sig: *sig,
         },
     })
 }
@@ -127,10 +139,7 @@ pub(super) fn current_for(
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM labels WHERE uri = ?1 AND src = ?2 ORDER BY seq"
     ))?;
-    let rows = stmt
-        .query_map(params![uri, src], from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    collect_rows(&mut stmt, params![uri, src])
 }
 
 impl Store {
@@ -171,6 +180,28 @@ impl Store {
     /// Up to `limit` current labels with `seq > after`, in seq order.
     pub fn labels_after(&self, after: i64, limit: usize) -> Result<Vec<StoredLabel>, Error> {
         self.read(|c| labels_after(c, after, limit))
+    }
+
+    /// Hands up to `limit` current labels with `seq > after` to `each`, in seq order, borrowed
+    /// straight from SQLite's buffers: the backfill and live-feed hot path, which encodes
+    /// frames without owned strings. Returns how many there were. Blocking.
+    pub fn visit_after(
+        &self,
+        after: i64,
+        limit: usize,
+        mut each: impl FnMut(i64, &LabelRef<'_>, &[u8; 64]),
+    ) -> Result<usize, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(AFTER_SQL)?;
+            let mut rows = stmt.query(params![after, limit as i64])?;
+            let mut n = 0;
+            while let Some(r) = rows.next()? {
+                let (seq, label, sig) = borrow_row(r)?;
+                each(seq, &label, sig);
+                n += 1;
+            }
+            Ok(n)
+        })
     }
 
     /// Current labels from `src` on `uri`, in seq order.
@@ -221,8 +252,7 @@ impl Store {
         self.read(|c| {
             let mut stmt =
                 c.prepare(&format!("SELECT {COLUMNS} FROM label_history ORDER BY id"))?;
-            let rows = stmt.query_map([], from_row)?.collect::<Result<_, _>>()?;
-            Ok(rows)
+            collect_rows(&mut stmt, [])
         })
     }
 }
@@ -234,16 +264,14 @@ pub(crate) fn labels_after(
     limit: usize,
 ) -> Result<Vec<StoredLabel>, Error> {
     let mut stmt = c.prepare_cached(AFTER_SQL)?;
-    let rows = stmt
-        .query_map(params![after, limit as i64], from_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+    collect_rows(&mut stmt, params![after, limit as i64])
 }
 
 /// Borrows one `labels` row (columns in [`COLUMNS`] order) as `(seq, label, sig)` without
 /// copying: the hot paths (stream frames, queryLabels JSON) encode straight from SQLite's
-/// buffers.
-fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8]), Error> {
+/// buffers. The one decoder of the label columns: a row with a column of the wrong type or a
+/// signature that is not 64 bytes is [`Error::Corrupt`], naming its seq, on every path.
+fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8; 64]), Error> {
     let seq: i64 = r.get(0)?;
     let corrupt = |what: &str, e: rusqlite::types::FromSqlError| Error::Corrupt {
         table: "labels",
@@ -258,7 +286,15 @@ fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8]), Error
         .as_str_or_null()
         .map_err(|e| corrupt("exp", e))?;
     let neg: bool = r.get(5)?;
-    let sig = r.get_ref(8)?.as_blob().map_err(|e| corrupt("sig", e))?;
+    let sig: &[u8; 64] = r
+        .get_ref(8)?
+        .as_blob()
+        .map_err(|e| corrupt("sig", e))?
+        .try_into()
+        .map_err(|_| Error::Corrupt {
+            table: "labels",
+            message: format!("seq {seq} sig is not 64 bytes"),
+        })?;
     let label = LabelRef {
         src: text(1, "src")?,
         uri: text(2, "uri")?,
@@ -269,30 +305,6 @@ fn borrow_row<'r>(r: &'r Row<'_>) -> Result<(i64, LabelRef<'r>, &'r [u8]), Error
         exp,
     };
     Ok((seq, label, sig))
-}
-
-/// Appends one `#labels` frame per label with `seq > after` (at most `limit`) to `out`,
-/// encoding straight from SQLite's borrowed column values, and records `(seq, end offset)`
-/// of each frame in `ends`. Returns the number of frames written.
-///
-/// This is the backfill hot path: no owned strings, one buffer per page.
-pub fn encode_frames_after(
-    c: &Connection,
-    after: i64,
-    limit: usize,
-    out: &mut Vec<u8>,
-    ends: &mut Vec<(i64, usize)>,
-) -> Result<usize, Error> {
-    let mut stmt = c.prepare_cached(AFTER_SQL)?;
-    let mut rows = stmt.query(params![after, limit as i64])?;
-    let mut n = 0;
-    while let Some(r) = rows.next()? {
-        let (seq, label, sig) = borrow_row(r)?;
-        frame::write_label_frame(out, seq, &label, sig);
-        ends.push((seq, out.len()));
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// The smallest string greater than every string that starts with `p`, or `None` when no
@@ -316,7 +328,7 @@ pub(crate) fn prefix_upper_bound(p: &str) -> Option<String> {
 fn query_labels(c: &Connection, q: &LabelQuery) -> Result<Vec<StoredLabel>, Error> {
     let mut out = Vec::new();
     query_rows(c, q, Mode::Full, |r| {
-        out.push(from_row(r)?);
+        out.push(owned_row(r)?);
         Ok(())
     })?;
     Ok(out)

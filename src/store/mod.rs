@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::watch;
 
 pub use attestations::{Account, Attestation, Changes, Committed, DidState, RecordRev, Verdict};
-pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher, encode_frames_after};
+pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher};
 
 /// How long a connection waits for another writer (e.g. the `label` CLI) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,10 +140,7 @@ impl Store {
     }
 
     /// Runs `f` with a pooled read connection.
-    pub(crate) fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let pooled = self
             .inner
             .readers
@@ -167,7 +164,7 @@ impl Store {
     }
 
     /// Opens a dedicated read connection (for long backfills or change watching).
-    pub fn open_reader(&self) -> Result<Connection, Error> {
+    fn open_reader(&self) -> Result<Connection, Error> {
         open_conn(&self.inner.path, true)
     }
 
