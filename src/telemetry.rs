@@ -22,7 +22,7 @@ pub const JETSTREAM_CONNECTS: &str = "labeler_jetstream_connects_total";
 pub const JETSTREAM_LAG: &str = "labeler_jetstream_lag_seconds";
 /// Events or re-checks the manager could not process, by `reason`.
 pub const MANAGER_FAILURES: &str = "labeler_manager_failures_total";
-/// Verifications, by `outcome` (pass, fail, undecided).
+/// Verifications, by `outcome` (pass, fail, could-not-decide).
 pub const VERIFICATIONS: &str = "labeler_verifications_total";
 /// Labels created, by `val`.
 pub const LABELS_CREATED: &str = "labeler_labels_created_total";

@@ -2,7 +2,8 @@
 
 use atmos_labeler::manager::{Clock, Command};
 use atmos_labeler::scheduler::{Options, Scheduler};
-use atmos_labeler::store::{Attestation, Changes, Store, Verdict};
+use atmos_labeler::store::{Attestation, Changes, Store};
+use atmos_labeler::verify::Outcome;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,7 @@ fn attestation(did: &str, next_check_ms: i64) -> Attestation {
         rev: None,
         created_at: None,
         first_seen_ms: BASE,
-        verdict: Verdict::Pass,
+        verdict: Outcome::Pass,
         standing: true,
         relay_member: false,
         report: None,

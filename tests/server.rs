@@ -3,7 +3,8 @@
 //! §7).
 
 use atmos_labeler::server::Options;
-use atmos_labeler::store::{Attestation, Changes, Verdict};
+use atmos_labeler::store::{Attestation, Changes};
+use atmos_labeler::verify::Outcome;
 use serde_json::{Value, json};
 
 use crate::common::server::{TestServer, key, label, options};
@@ -134,7 +135,7 @@ fn attestation(did: &str, rkey: &str, report: Option<&str>) -> Attestation {
         rev: Some("3mvzi5tma3n2f".into()),
         created_at: None,
         first_seen_ms: 1_790_000_000_000,
-        verdict: Verdict::Pass,
+        verdict: Outcome::Pass,
         standing: true,
         relay_member: true,
         report: report.map(str::to_owned),

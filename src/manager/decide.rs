@@ -5,17 +5,8 @@ use std::time::Duration;
 
 use super::{FAILED_RETRY, Options, UNDECIDED_RETRY, UNDECIDED_RETRY_MAX};
 use crate::label::{self, Label};
-use crate::store::{Attestation, Changes, DidState, Verdict};
+use crate::store::{Attestation, Changes, DidState};
 use crate::verify::{Check, CheckName, Outcome, Report};
-
-/// The store's verdict for a report outcome.
-pub(super) fn verdict_of(o: Outcome) -> Verdict {
-    match o {
-        Outcome::Pass => Verdict::Pass,
-        Outcome::Fail => Verdict::Fail,
-        Outcome::CouldNotDecide => Verdict::Undecided,
-    }
-}
 
 /// The reasons of the checks that did not pass, for the one-line decision log.
 pub(super) fn failing_reasons(report: &Report) -> String {
@@ -47,7 +38,7 @@ pub(super) fn note_report(did: &str, domain: &str, outcome: Outcome, reason: Str
 /// An attestation's verification state after one more check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Next {
-    pub(super) verdict: Verdict,
+    pub(super) verdict: Outcome,
     pub(super) standing: bool,
     pub(super) relay_member: bool,
     pub(super) last_definitive_ms: Option<i64>,
@@ -75,7 +66,7 @@ pub(super) fn advance(
     };
     match outcome {
         Outcome::Pass => Next {
-            verdict: Verdict::Pass,
+            verdict: Outcome::Pass,
             standing: true,
             relay_member: relay,
             last_definitive_ms: Some(now),
@@ -86,7 +77,7 @@ pub(super) fn advance(
         Outcome::Fail => {
             let failures = prev.map_or(0, |p| p.consecutive_failures) + 1;
             Next {
-                verdict: Verdict::Fail,
+                verdict: Outcome::Fail,
                 standing: false,
                 relay_member: false,
                 last_definitive_ms: Some(now),
@@ -102,7 +93,7 @@ pub(super) fn advance(
             let fresh_enough = last_definitive_ms.is_some_and(|t| now - t <= ms(opts.stale_after));
             let standing = prev.is_some_and(|p| p.standing) && fresh_enough;
             Next {
-                verdict: Verdict::Undecided,
+                verdict: Outcome::CouldNotDecide,
                 standing,
                 relay_member: standing && prev.is_some_and(|p| p.relay_member),
                 last_definitive_ms,
@@ -196,9 +187,9 @@ mod tests {
             created_at: None,
             first_seen_ms: 0,
             verdict: if standing {
-                Verdict::Pass
+                Outcome::Pass
             } else {
-                Verdict::Fail
+                Outcome::Fail
             },
             standing,
             relay_member: relay,

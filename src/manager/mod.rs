@@ -46,7 +46,7 @@ use crate::verify::{self, Outcome, Report};
 mod decide;
 mod watermark;
 
-use decide::{advance, decide_labels, failing_reasons, note_report, verdict_of};
+use decide::{advance, decide_labels, failing_reasons, note_report};
 use watermark::Watermark;
 
 /// Capacity of the command channel into the manager. Jetstream pauses (disconnects and later
@@ -897,12 +897,11 @@ impl Shared {
             did,
             rkey,
             domain = %domain,
-            verdict = verdict_of(outcome).as_str(),
+            verdict = outcome.as_str(),
             reasons = %failing_reasons(&report),
             "verification"
         );
-        metrics::counter!(telemetry::VERIFICATIONS, "outcome" => verdict_of(outcome).as_str())
-            .increment(1);
+        metrics::counter!(telemetry::VERIFICATIONS, "outcome" => outcome.as_str()).increment(1);
         self.commit(did.to_owned(), cursor, move |state, changes| {
             let prev = state.attestation(&rkey_s).filter(|p| {
                 // A record that now names another domain or other selectors starts afresh.

@@ -6,44 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use super::labels::{StoredLabel, current_for, put_label};
 use super::{Error, Store};
 use crate::label::SignedLabel;
+use crate::verify::Outcome;
 
 /// `meta` key of the Jetstream cursor (`time_us` of the last event whose effect committed).
 const CURSOR_KEY: &str = "jetstream_cursor";
-
-/// Outcome of the latest verification of an attestation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Not verified yet.
-    Pending,
-    /// Every check passed.
-    Pass,
-    /// At least one check failed definitively.
-    Fail,
-    /// Some check could not be decided (DNS timeout, PLC/PDS outage) and none failed.
-    Undecided,
-}
-
-impl Verdict {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Pending => "pending",
-            Verdict::Pass => "pass",
-            Verdict::Fail => "fail",
-            Verdict::Undecided => "undecided",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Verdict> {
-        Some(match s {
-            "pending" => Verdict::Pending,
-            "pass" => Verdict::Pass,
-            "fail" => Verdict::Fail,
-            "undecided" => Verdict::Undecided,
-            _ => return None,
-        })
-    }
-}
 
 /// An attestation record and its verification state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,8 +30,8 @@ pub struct Attestation {
     pub created_at: Option<String>,
     /// When the labeler first saw it (unix ms).
     pub first_seen_ms: i64,
-    /// Latest verdict.
-    pub verdict: Verdict,
+    /// Outcome of the latest verification.
+    pub verdict: Outcome,
     /// Whether it currently counts as verified: the last definitive verdict was a pass and it
     /// has not gone stale. Labels follow this, not the latest verdict alone.
     pub standing: bool,
@@ -179,7 +145,7 @@ fn attestation_from_row(r: &Row<'_>) -> rusqlite::Result<Attestation> {
         rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
     })?;
     let verdict: String = r.get(8)?;
-    let verdict = Verdict::parse(&verdict).ok_or_else(|| {
+    let verdict = Outcome::parse(&verdict).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             8,
             rusqlite::types::Type::Text,
@@ -445,7 +411,7 @@ impl Store {
     }
 
     /// Number of attestations per verdict, for metrics.
-    pub fn verdict_counts(&self) -> Result<Vec<(Verdict, i64)>, Error> {
+    pub fn verdict_counts(&self) -> Result<Vec<(Outcome, i64)>, Error> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT verdict, count(*) FROM attestations GROUP BY verdict ORDER BY verdict",
@@ -455,7 +421,7 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows
                 .into_iter()
-                .filter_map(|(v, n)| Verdict::parse(&v).map(|v| (v, n)))
+                .filter_map(|(v, n)| Outcome::parse(&v).map(|v| (v, n)))
                 .collect())
         })
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::watch;
 
-pub use attestations::{Account, Attestation, Changes, Committed, DidState, RecordRev, Verdict};
+pub use attestations::{Account, Attestation, Changes, Committed, DidState, RecordRev};
 pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher};
 
 /// How long a connection waits for another writer (e.g. the `label` CLI) before failing.

@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // v2: one name for "could not decide" everywhere (the report's outcome spelling).
+    r#"
+    UPDATE attestations SET verdict = 'could-not-decide' WHERE verdict IN ('undecided', 'pending');
+    "#,
 ];
 
 /// The schema version this build writes.

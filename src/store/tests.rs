@@ -1,6 +1,7 @@
 use super::*;
 use crate::keys::SigningKey;
 use crate::label::{Label, SignedLabel};
+use crate::verify::Outcome;
 
 fn key() -> SigningKey {
     SigningKey::from_hex("9085d2bef69286a6cbb51623c8fa258629945cd55ca705cc4e66700396894e0c")
@@ -30,7 +31,7 @@ fn attestation(did: &str, rkey: &str) -> Attestation {
         rev: Some("3mvzi5tma3n2f".into()),
         created_at: None,
         first_seen_ms: 1,
-        verdict: Verdict::Pass,
+        verdict: Outcome::Pass,
         standing: true,
         relay_member: false,
         report: Some("{}".into()),

@@ -53,6 +53,25 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The wire and database spelling: `pass`, `fail`, `could-not-decide`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::CouldNotDecide => "could-not-decide",
+        }
+    }
+
+    /// Parses [`Outcome::as_str`]'s spelling.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "pass" => Outcome::Pass,
+            "fail" => Outcome::Fail,
+            "could-not-decide" => Outcome::CouldNotDecide,
+            _ => return None,
+        })
+    }
+
     fn symbol(self) -> &'static str {
         match self {
             Outcome::Pass => "✓",
