@@ -42,7 +42,7 @@ pub enum Error {
     #[error("state directory {0} does not exist; run `labeler -init` first")]
     NoState(PathBuf),
     /// A file or directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         /// What could not be created.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -58,10 +58,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// DNS resolver setup failed.
-    #[error("cannot set up DNS: {0}")]
+    #[error(transparent)]
     Dns(#[from] dns::Error),
     /// HTTP client setup failed.
-    #[error("cannot set up the HTTP client: {0}")]
+    #[error(transparent)]
     Identity(#[from] identity::Error),
     /// The Jetstream consumer cannot run.
     #[error(transparent)]
@@ -190,7 +190,7 @@ impl Running {
                 if first.is_ok() {
                     first = r;
                 } else if let Err(e) = r {
-                    tracing::error!(error = %e, "component failed during shutdown");
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "component failed during shutdown");
                 }
             }
         };

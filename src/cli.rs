@@ -157,8 +157,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The runtime could not start.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Rewrites the Go seed's single-dash long flags to clap's double-dash form.

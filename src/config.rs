@@ -36,7 +36,7 @@ pub enum Error {
     #[error("config file {0} does not exist; run `labeler -init` to create it")]
     Missing(PathBuf),
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The config file.
         path: PathBuf,

@@ -30,7 +30,7 @@ pub const DID_KEY_PREFIX: &str = "did:key:";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The key file could not be read.
-    #[error("cannot read signing key {path}: {source}")]
+    #[error("cannot read signing key {path}")]
     Read {
         /// The key file.
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The key file could not be created.
-    #[error("cannot create signing key {path}: {source}")]
+    #[error("cannot create signing key {path}")]
     Create {
         /// The key file.
         path: PathBuf,

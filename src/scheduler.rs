@@ -68,7 +68,7 @@ impl Scheduler {
                 Err(e) => {
                     failures += 1;
                     let wait = Duration::from_secs(1 << failures.min(6));
-                    tracing::error!(error = %e, retry_in = ?wait, "re-check sweep failed");
+                    tracing::error!(error = %crate::telemetry::Chain(&e), retry_in = ?wait, "re-check sweep failed");
                     wait
                 }
             };

@@ -37,6 +37,23 @@ pub const QUERY_LATENCY: &str = "labeler_server_query_labels_seconds";
 /// HTTP requests, by `route` and `status`.
 pub const HTTP_REQUESTS: &str = "labeler_server_http_requests_total";
 
+/// An error with its whole `source()` chain on one line, `outer: cause: root cause`, for logs
+/// and reasons. Display strings never repeat their source (the chain is printed once, here or
+/// by `main`), so logging `%e` alone would lose the cause.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Installs the tracing subscriber. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

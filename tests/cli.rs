@@ -168,6 +168,33 @@ fn config_errors_are_one_line_naming_file_position_and_field() {
     );
 }
 
+/// Display strings never repeat their source: `main` prints the chain once, so an I/O error
+/// appears exactly once on the one stderr line (it used to read "…: Is a directory (os error
+/// 21): Is a directory (os error 21)").
+#[test]
+fn an_error_and_its_cause_are_printed_once_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the signing key should be: reading it fails with EISDIR, which is
+    // the same for root (permission bits would not stop root).
+    std::fs::create_dir_all(dir.path().join("state/signing.key")).unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"listenAddr": "127.0.0.1:0"}"#).unwrap();
+    let out = labeler(dir.path())
+        .args(["-config", "config.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("labeler: error:"))
+        .unwrap_or_else(|| panic!("no error line in {err}"));
+    assert_eq!(
+        line,
+        "labeler: error: cannot read signing key ./state/signing.key: Is a directory (os error 21)"
+    );
+}
+
 #[test]
 fn help_documents_every_mode() {
     let dir = tempfile::tempdir().unwrap();

@@ -81,7 +81,7 @@ const STORE_ATTEMPTS: u32 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database failed repeatedly.
-    #[error("giving up after repeated database failures: {0}")]
+    #[error("giving up after repeated database failures")]
     Store(#[from] store::Error),
     /// A worker task panicked.
     #[error("a verification worker failed: {0}")]
@@ -230,9 +230,11 @@ impl Manager {
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok((did, Err(e))) => {
-                    tracing::error!(did, error = %e, "verification failed during shutdown");
+                    tracing::error!(did, error = %crate::telemetry::Chain(&e), "verification failed during shutdown");
                 }
-                Err(e) => tracing::error!(error = %e, "verification task failed"),
+                Err(e) => {
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "verification task failed")
+                }
                 Ok(_) => {}
             }
         }
@@ -314,7 +316,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if attempt == STORE_ATTEMPTS => return Err(e.into()),
             Err(e) => {
-                tracing::warn!(error = %e, attempt, "database operation failed; retrying");
+                tracing::warn!(error = %crate::telemetry::Chain(&e), attempt, "database operation failed; retrying");
                 metrics::counter!(telemetry::MANAGER_FAILURES, "reason" => "store").increment(1);
                 tokio::time::sleep(delay).await;
                 delay *= 2;

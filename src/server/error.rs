@@ -80,7 +80,7 @@ impl IntoResponse for XrpcError {
     fn into_response(self) -> Response {
         let (status, name) = self.status_and_name();
         if let XrpcError::Internal(cause) = &self {
-            tracing::error!(error = %cause, "internal error answering an XRPC request");
+            tracing::error!(error = %crate::telemetry::Chain(cause.as_ref()), "internal error answering an XRPC request");
         }
         let body = serde_json::json!({ "error": name, "message": self.to_string() });
         let mut response = (status, json_body(body.to_string())).into_response();

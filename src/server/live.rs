@@ -131,7 +131,7 @@ impl LiveFeed {
             Ok(w) => Some(w),
             Err(e) => {
                 // Without a watcher every tick reads instead, which is a cheap rowid probe.
-                tracing::warn!(error = %e, "cannot watch the database for other writers");
+                tracing::warn!(error = %crate::telemetry::Chain(&e), "cannot watch the database for other writers");
                 None
             }
         };
@@ -178,7 +178,7 @@ impl LiveFeed {
                     pages
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "live feed read task failed");
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "live feed read task failed");
                     return;
                 }
             };
@@ -190,7 +190,7 @@ impl LiveFeed {
                 // Keep `last`: the next signal or tick retries from the same point.
                 Err(e) => {
                     more = false;
-                    tracing::error!(error = %e, "live feed cannot read new labels");
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "live feed cannot read new labels");
                 }
             }
         }

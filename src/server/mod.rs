@@ -113,10 +113,10 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be read at startup.
-    #[error("cannot start the XRPC server: {0}")]
+    #[error("cannot start the XRPC server")]
     Store(#[from] store::Error),
     /// The listener failed.
-    #[error("XRPC server failed: {0}")]
+    #[error("XRPC server failed")]
     Serve(#[from] std::io::Error),
 }
 

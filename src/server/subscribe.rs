@@ -183,7 +183,7 @@ impl Connection {
         if let Some(cursor) = cursor {
             let head = match self.drive(shared.store.call(|s| s.head_seq())).await {
                 Ok(Ok(head)) => head,
-                Ok(Err(e)) => return End::Internal(e.to_string()),
+                Ok(Err(e)) => return End::Internal(crate::telemetry::Chain(&e).to_string()),
                 Err(end) => return end,
             };
             if cursor > head {
@@ -252,7 +252,7 @@ impl Connection {
             tokio::task::spawn_blocking(move || Page::read(&store, after, PAGE * FRAME_GUESS))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::telemetry::Chain(&e).to_string())
         };
         self.drive(read).await?.map_err(End::Internal)
     }

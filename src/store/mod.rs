@@ -39,10 +39,10 @@ const MAX_IDLE_READERS: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// SQLite failed.
-    #[error("database error: {0}")]
+    #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// The database could not be opened.
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}")]
     Open {
         /// The database file.
         path: PathBuf,
