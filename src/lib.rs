@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod frame;
+pub mod health;
 pub mod identity;
 pub mod jetstream;
 pub mod keys;
