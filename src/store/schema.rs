@@ -97,6 +97,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     UPDATE attestations SET verdict = 'could-not-decide' WHERE verdict IN ('undecided', 'pending');
     "#,
+    // v3: attestations refused because their DID already holds the most a DID may, so the
+    // refusal is shown (getVerification) instead of being silent. At most a few per DID: the
+    // manager keeps only the newest.
+    r#"
+    CREATE TABLE refusals (
+        did TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (did, rkey)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
