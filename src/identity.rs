@@ -38,6 +38,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Largest `getRepoStatus` (or error) body accepted.
 const MAX_STATUS_BYTES: usize = 64 * 1024;
 
+/// Largest `listRecords` page accepted (100 attestation records are ~30 KB).
+const MAX_LIST_BYTES: usize = 1024 * 1024;
+
 /// How long a fetched DID document is reused when `fresh` is false.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 
@@ -415,6 +418,66 @@ impl Resolver {
                 detail: xrpc_detail(&body),
             }),
         }
+    }
+
+    /// One page of `com.atproto.repo.listRecords` on the DID's PDS: up to `limit` (≤ 100)
+    /// records of `collection` after `cursor`, and the cursor of the next page when the PDS
+    /// gave one. Every record's `uri` must be in this DID's repo and collection.
+    pub async fn list_records(
+        &self,
+        did: &str,
+        collection: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<RecordCopy>, Option<String>), Error> {
+        let mut url = self.xrpc_url(did, "com.atproto.repo.listRecords").await?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("repo", did)
+                .append_pair("collection", collection)
+                .append_pair("limit", &limit.clamp(1, 100).to_string());
+            if let Some(c) = cursor {
+                q.append_pair("cursor", c);
+            }
+        }
+        let (status, body) = self
+            .fetch(&self.inner.web, url.clone(), MAX_LIST_BYTES)
+            .await?;
+        let url_s = url.to_string();
+        if status != StatusCode::OK {
+            return Err(Error::Status {
+                url: url_s,
+                status: status.as_u16(),
+                detail: xrpc_detail(&body),
+            });
+        }
+        let malformed = |reason: &str| Error::Malformed {
+            url: url_s.clone(),
+            reason: reason.to_owned(),
+        };
+        let v: Value = serde_json::from_slice(&body).map_err(|_| malformed("not JSON"))?;
+        let records = v
+            .get("records")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed("no array \"records\""))?;
+        let prefix = format!("at://{did}/{collection}/");
+        let mut out = Vec::with_capacity(records.len());
+        for r in records.iter().take(limit.clamp(1, 100)) {
+            let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
+            if !uri.starts_with(&prefix) {
+                return Err(malformed(
+                    "a record's \"uri\" is not in the repo and collection asked for",
+                ));
+            }
+            let copy = parse_record(r.to_string().as_bytes(), uri, &url_s)?;
+            out.push(copy);
+        }
+        let next = v
+            .get("cursor")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty() && c.len() <= 512)
+            .map(str::to_owned);
+        Ok((out, next))
     }
 
     /// `com.atproto.sync.getRepoStatus` on the DID's PDS.
