@@ -150,12 +150,7 @@ impl TestServer {
 
     /// Opens a subscribeLabels stream with the given query string (`""` or `"cursor=N"`).
     pub async fn subscribe(&self, query: &str) -> Subscriber {
-        let url = self.subscribe_url(query);
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .unwrap();
-        Subscriber { ws }
+        Subscriber::connect(&self.subscribe_url(query)).await
     }
 
     /// The WebSocket URL of subscribeLabels.
@@ -254,6 +249,15 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Connects to a subscribeLabels URL (bounded wait).
+    pub async fn connect(url: &str) -> Subscriber {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        Subscriber { ws }
+    }
+
     /// The next raw WebSocket message, control frames included (bounded wait).
     pub async fn next_message(&mut self) -> Option<Result<Message, tungstenite::Error>> {
         tokio::time::timeout(WAIT, self.ws.next())
