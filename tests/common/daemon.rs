@@ -230,24 +230,30 @@ impl TestLabeler {
     /// status endpoint: verdicts that grant nothing have no other signal).
     pub async fn await_verdict(&self, did: &str, rkey: &str, want: &[&str]) -> Value {
         let uri = format!("at://{did}/{NSID}/{rkey}");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let found = std::cell::RefCell::new(None);
+        let last = std::cell::RefCell::new(Value::Null);
+        let reached = super::eventually(WAIT, || async {
             let v = self.verification(did).await;
-            if let Some(a) = v["attestations"]
+            let hit = v["attestations"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|a| a["uri"] == uri.as_str())
-                && want.contains(&a["verdict"].as_str().unwrap())
-            {
-                return a.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no verdict {want:?} for {uri}: {v:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .find(|a| {
+                    a["uri"] == uri.as_str() && want.contains(&a["verdict"].as_str().unwrap())
+                })
+                .cloned();
+            *last.borrow_mut() = v;
+            let done = hit.is_some();
+            *found.borrow_mut() = hit;
+            done
+        })
+        .await;
+        assert!(
+            reached,
+            "no verdict {want:?} for {uri}: {:#}",
+            last.borrow()
+        );
+        found.into_inner().unwrap()
     }
 
     /// Waits (bounded) until the saved Jetstream cursor is at or past `time_us`: every event

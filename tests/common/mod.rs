@@ -70,4 +70,5 @@ where
 pub mod daemon;
 pub mod dns;
 pub mod plc;
+pub mod process;
 pub mod server;
