@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::daemon::World;
+use super::metrics::Metrics;
 use super::server::{Subscriber, WAIT};
 
 /// Bound on a start: a debug build on a busy two-core machine can take a while to exec.
@@ -270,6 +271,11 @@ impl LabelerProcess {
             self.addr
         ))
         .await
+    }
+
+    /// A scrape of its `/metrics`.
+    pub async fn metrics(&self) -> Metrics {
+        super::metrics::scrape(&self.base()).await
     }
 
     /// All current labels from queryLabels, `(uri, val, neg)`, sorted.
