@@ -58,7 +58,7 @@ async fn did_document_is_served_only_for_did_web() {
 }
 
 #[tokio::test]
-async fn xrpc_error_conventions() {
+async fn errors_follow_the_xrpc_conventions() {
     let s = TestServer::start(options()).await;
 
     let (status, ctype, body) = s.get("/xrpc/com.example.nothing").await;
