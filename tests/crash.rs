@@ -247,11 +247,12 @@ async fn sigkill_three_times_mid_ingest_loses_and_duplicates_nothing() {
     restart(&mut labeler, &world, &progress, &mut k).await;
     kills.push(k);
 
-    // Kill 3: right after the restarted labeler's first checkpoint past the cursor it
-    // resumed from.
+    // Kill 3: right after the restarted labeler first saves a cursor past the one it resumed
+    // from (the cursor is saved in the transaction of an event's changes, or on its own when
+    // events change nothing): it has replayed what it had already applied and moved on.
     let resumed_from = labeler.cursor().await.unwrap();
     published_at_least(&mut progress, KILL_AT[2]).await;
-    db_reaches(&labeler, "a checkpoint past the resume point", |c, _| {
+    db_reaches(&labeler, "a cursor saved past the resume point", |c, _| {
         c.is_some_and(|c| c > resumed_from)
     })
     .await;
