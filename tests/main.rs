@@ -7,6 +7,7 @@
 
 mod cli;
 mod common;
+mod crash;
 mod dns;
 mod identity;
 mod jetstream;

@@ -5,9 +5,13 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 use atmos_labeler::label::VERIFIED_MAIL_OPERATOR;
+use atmos_labeler::telemetry::{
+    JETSTREAM_EVENTS, JETSTREAM_LAG, LABELS_CREATED, LABELS_NEGATED, SUBSCRIBERS, VERIFICATIONS,
+};
 
 use crate::common::daemon::{TestLabeler, World};
 use crate::common::dns::Fault;
+use crate::common::process::LabelerProcess;
 
 fn labeler_cmd(dir: &std::path::Path) -> Command {
     let mut cmd = Command::cargo_bin("labeler").unwrap();
@@ -122,36 +126,38 @@ async fn a_label_made_with_the_cli_reaches_a_running_daemons_subscribers() {
     labeler.stop().await;
 }
 
+/// Metrics are read from the real binary in its own process: its recorder counts only what
+/// this test does (the in-process labelers of other tests share one recorder with each other).
 #[tokio::test]
-async fn metrics_expose_the_pipeline_counters_after_an_event() {
+async fn metrics_count_the_event_verification_and_label_of_one_attestation() {
     let world = World::start().await;
-    let labeler = TestLabeler::start(&world, "24h").await;
+    let mut labeler = LabelerProcess::create(&world, "24h");
+    labeler.start(&world).await;
+    let before = labeler.metrics().await;
     let mut sub = labeler.subscribe("").await;
-    world.good_operator("did:plc:metrics", "metrics.test", "r1");
+    let t = world.good_operator("did:plc:metrics", "metrics.test", "r1");
     assert_eq!(sub.next_label().await.1.val, VERIFIED_MAIL_OPERATOR);
-    let text = reqwest::get(format!("http://{}/metrics", labeler.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for metric in [
-        "labeler_jetstream_events_total",
-        "labeler_verifications_total",
-        "labeler_labels_created_total",
-        "labeler_server_subscribers",
-        "labeler_jetstream_lag_seconds",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(metric))
-            .unwrap_or_else(|| panic!("{metric} missing from:\n{text}"));
-        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        if metric.ends_with("_total") || metric == "labeler_server_subscribers" {
-            assert!(value >= 1.0, "{line}");
-        }
-    }
-    labeler.stop().await;
+    // The lag gauge and the saved cursor follow the event; wait for the cursor so the
+    // event's handling is complete before reading.
+    labeler.await_cursor(t).await;
+    let after = labeler.metrics().await;
+
+    let delta = |name, labels: &[(&str, &str)]| before.delta(&after, name, labels);
+    assert_eq!(delta(JETSTREAM_EVENTS, &[("kind", "commit")]), 1.0);
+    assert_eq!(delta(VERIFICATIONS, &[("outcome", "pass")]), 1.0);
+    assert_eq!(
+        delta(LABELS_CREATED, &[("val", VERIFIED_MAIL_OPERATOR)]),
+        1.0
+    );
+    assert_eq!(
+        delta(LABELS_NEGATED, &[("val", VERIFIED_MAIL_OPERATOR)]),
+        0.0
+    );
+    // One subscriber connected: this test's.
+    assert_eq!(after.get(SUBSCRIBERS, &[]), 1.0);
+    assert!(after.has(JETSTREAM_LAG), "the lag gauge is exposed");
+    assert!(after.get(JETSTREAM_LAG, &[]) >= 0.0);
+    assert_eq!(labeler.terminate().await.code(), Some(0));
 }
 
 #[test]

@@ -172,7 +172,7 @@ async fn a_good_operator_passes_every_check() {
 }
 
 #[tokio::test]
-async fn multi_string_records_cname_keys_and_truncated_answers() {
+async fn multi_string_records_cname_delegated_keys_and_truncated_answers_still_pass() {
     let env = Env::good(None).await;
     env.dns.set_txt_strings(
         DOMAIN,
@@ -298,7 +298,7 @@ async fn timeouts_on_any_checked_name_never_fail() {
 }
 
 #[tokio::test]
-async fn domain_control_rules() {
+async fn domain_control_passes_only_when_dns_points_back_to_the_one_did() {
     let env = Env::good(None).await;
     // Another DID's record.
     env.dns
@@ -375,7 +375,7 @@ async fn domain_control_rules() {
 }
 
 #[tokio::test]
-async fn mx_rules() {
+async fn mx_fails_without_a_usable_public_host_and_passes_with_one() {
     let env = Env::good(None).await;
     env.dns.set_mx(DOMAIN, &[(0, ".")]);
     expect(
@@ -435,7 +435,7 @@ async fn mx_rules() {
 }
 
 #[tokio::test]
-async fn spf_rules_over_real_dns() {
+async fn spf_and_relay_membership_are_judged_through_includes_over_real_dns() {
     let env = Env::good(Some(RELAY)).await;
     let r = env.check().await;
     assert_eq!(r.verdict, Outcome::Pass);
@@ -524,7 +524,7 @@ async fn spf_rules_over_real_dns() {
 }
 
 #[tokio::test]
-async fn dkim_rules() {
+async fn dkim_fails_revoked_weak_testing_duplicate_or_missing_keys() {
     let env = Env::good(None).await;
     let name = "sel1._domainkey.example.test";
     for (records, needle) in [
@@ -560,7 +560,7 @@ async fn dkim_rules() {
 }
 
 #[tokio::test]
-async fn dmarc_rules_and_organisational_fallback() {
+async fn dmarc_fails_weak_policies_and_falls_back_to_the_organisational_domain() {
     let env = Env::start(None).await;
     let domain = "mail.example.test";
     env.dns.publish_good_operator(domain, DID, &["s"]);

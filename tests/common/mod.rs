@@ -69,5 +69,7 @@ where
 }
 pub mod daemon;
 pub mod dns;
+pub mod metrics;
 pub mod plc;
+pub mod process;
 pub mod server;
