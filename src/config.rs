@@ -436,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn hujson_comments_and_trailing_commas() {
+    fn hujson_comments_and_trailing_commas_are_accepted() {
         let text = "// top\n{\n  /* block */ \"listenAddr\": \"127.0.0.1:9000\", // tail\n  \"dnsServers\": [\"127.0.0.1:5353\", \"10.0.0.1\",],\n}\n";
         let c = Config::from_str(text, "t").unwrap();
         assert_eq!(c.listen_addr, "127.0.0.1:9000".parse().unwrap());

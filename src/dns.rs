@@ -551,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn public_and_reserved_addresses() {
+    fn reserved_addresses_are_told_from_public_ones() {
         for s in [
             "127.0.0.1",
             "10.1.2.3",

@@ -884,7 +884,7 @@ mod tests {
     }
 
     #[test]
-    fn did_web_urls_and_refusals() {
+    fn did_web_maps_to_its_well_known_url_and_private_hosts_are_refused() {
         assert_eq!(
             did_web_url("did:web:example.com", false).unwrap(),
             "https://example.com/.well-known/did.json"
@@ -921,7 +921,7 @@ mod tests {
     }
 
     #[test]
-    fn definitive_errors() {
+    fn only_not_found_and_unsupported_errors_are_definitive() {
         assert!(unsupported("did:key:x", "no").is_definitive());
         assert!(
             Error::NotFound {

@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn value_syntax() {
+    fn label_values_are_lowercase_words_of_at_most_128_bytes() {
         for ok in ["spam", "verified-mail-operator", "a", &"a".repeat(128)] {
             validate_value(ok).unwrap();
         }

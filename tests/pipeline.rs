@@ -389,7 +389,9 @@ async fn a_dns_and_plc_outage_over_a_whole_recheck_cycle_withdraws_nothing() {
     for round in 0..2 {
         for did in &dids {
             // An undecided verdict grants and withdraws nothing: no frame to wait on.
-            let a = labeler.await_verdict(did, "r1", &["could-not-decide"]).await;
+            let a = labeler
+                .await_verdict(did, "r1", &["could-not-decide"])
+                .await;
             assert_eq!(a["verified"], true, "round {round}: {a:#}");
         }
         // Then wait for every attestation to be re-checked once more, still in the outage.

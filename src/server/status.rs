@@ -178,7 +178,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn did_documents_only_for_bare_did_web_hosts() {
+    fn serves_did_documents_only_for_bare_did_web_hosts() {
         let doc: Value =
             serde_json::from_str(&did_document("did:web:localhost%3A8080", "zQ3sX").unwrap())
                 .unwrap();
@@ -196,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn datetimes_from_milliseconds() {
+    fn milliseconds_format_as_utc_datetimes_clamped_at_the_epoch() {
         assert_eq!(datetime_ms(1_790_000_000_123), "2026-09-21T14:13:20.123Z");
         assert_eq!(datetime_ms(-5), "1970-01-01T00:00:00.000Z");
     }

@@ -463,7 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors() {
+    fn a_cursor_is_absent_or_a_non_negative_integer() {
         assert_eq!(parse_cursor(""), Ok(None));
         assert_eq!(parse_cursor("cursor=0"), Ok(Some(0)));
         assert_eq!(parse_cursor("x=1&cursor=42"), Ok(Some(42)));

@@ -281,7 +281,7 @@ fn queries_match_exact_and_prefix_patterns_byte_for_byte() {
 }
 
 #[test]
-fn prefix_upper_bounds() {
+fn a_prefix_upper_bound_is_the_next_string_skipping_surrogates() {
     use super::labels::prefix_upper_bound;
     assert_eq!(
         prefix_upper_bound("did:plc:a").as_deref(),

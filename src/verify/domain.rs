@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_matching_did() {
+    fn passes_only_on_exactly_one_matching_did_record() {
         assert_eq!(judge(&[&format!("did={DID}")]), Txt::Match);
         assert_eq!(
             judge(&[&format!("did={DID}"), "google-site-verification=x"]),

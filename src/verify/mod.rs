@@ -692,7 +692,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn verdict_rules() {
+    fn any_fail_fails_any_undecided_is_undecided_and_relay_alone_decides_nothing() {
         use CheckName::*;
         use Outcome::*;
         assert_eq!(verdict(&[check(Spf, Pass), check(Mx, Pass)]), Pass);
@@ -710,7 +710,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn report_json_and_text() {
+    fn reports_render_as_json_and_text() {
         let report = Report {
             did: "did:plc:x".to_owned(),
             domain: "example.test".to_owned(),
@@ -755,7 +755,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn input_validation() {
+    fn malformed_domains_are_refused_before_any_query() {
         assert_eq!(domain_problem("example.com"), None);
         assert_eq!(domain_problem("xn--bcher-kva.example"), None);
         assert_eq!(domain_problem("a-b.c0.example"), None);
@@ -799,7 +799,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dmarc_discovery_order() {
+    fn dmarc_checks_the_domain_then_its_organisational_domain_never_past_an_error() {
         let own = MapDns::default().txt("_dmarc.mail.example.test", &["v=DMARC1; p=reject"]);
         assert_eq!(
             block_on(check_dmarc(&own, "mail.example.test")).0,
@@ -837,7 +837,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn mx_check_over_map() {
+    fn mx_passes_with_one_usable_host_and_is_undecided_on_dns_errors() {
         let good = MapDns::default().mx("d.test", 2).ip("mx0.d.test");
         let (o, r) = block_on(mx::check(&good, "d.test"));
         assert_eq!(o, Outcome::Pass, "{r}");
@@ -849,7 +849,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn relay_entries() {
+    fn relay_membership_needs_the_include_in_a_passing_spf() {
         let audit = |outcome, at: Option<&str>| spf::Audit {
             outcome,
             reason: String::new(),

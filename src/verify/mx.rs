@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn static_problems() {
+    fn ip_literals_bad_names_and_localhost_are_refused_before_lookup() {
         assert!(static_problem("192.0.2.1").is_some());
         assert!(static_problem("1.2.3.4.5").is_some());
         assert!(static_problem("mx_1.d.test").is_some());
