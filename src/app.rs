@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::health::Health;
 use crate::keys::{self, SigningKey};
 use crate::manager::{self, Manager};
 use crate::store::Store;
@@ -142,6 +143,8 @@ pub struct Tuning {
     pub server: server::Options,
     /// Time source for scheduling.
     pub clock: manager::Clock,
+    /// Port of the authoritative servers asked to confirm failures (53; tests run their own).
+    pub authoritative_dns_port: u16,
 }
 
 impl Tuning {
@@ -155,6 +158,7 @@ impl Tuning {
                 ..server::Options::default()
             },
             clock: manager::Clock::System,
+            authoritative_dns_port: 53,
         }
     }
 }
@@ -237,13 +241,21 @@ pub async fn start(
         },
         dns.clone(),
     )?;
+    // The independent path that must confirm a failure before a label is withdrawn.
+    let confirm = if config.confirm_dns_servers.is_empty() {
+        dns::Resolver::authoritative(&dns, config.dns_timeout, tuning.authoritative_dns_port)
+    } else {
+        dns::Resolver::new(&config.confirm_dns_servers, config.dns_timeout)?
+    };
     let checker = verify::Checker::new(
         dns,
         identity.clone(),
         verify::Options {
             relay_spf_include: config.relay_spf_include.clone(),
         },
-    );
+    )
+    .with_confirmation(confirm);
+    let health = Health::new();
     let manager = Manager::new(
         store.clone(),
         checker,
@@ -256,8 +268,15 @@ pub async fn start(
             reverify_interval: config.reverify_interval,
             stale_after: config.stale_after,
             concurrency: config.verify_concurrency,
+            verify_deadline: config.verify_deadline,
             clock: tuning.clock,
         },
+        manager::GuardOptions {
+            canaries: config.dns_canaries.clone(),
+            window: config.breaker_window,
+            max_hold: config.breaker_max_hold,
+        },
+        health,
     )?;
     let (tx, rx) = tokio::sync::mpsc::channel(manager::COMMAND_CAPACITY);
     let consumer = jetstream::Client::new(

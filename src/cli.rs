@@ -310,7 +310,11 @@ fn check(
                 relay_spf_include: config.relay_spf_include.clone(),
             },
         );
-        Ok::<_, Error>(checker.check(did, domain, selectors, true).await)
+        Ok::<_, Error>(
+            checker
+                .check(did, domain, selectors, verify::Vantage::Fresh)
+                .await,
+        )
     })?;
     if json {
         println!(

@@ -70,13 +70,25 @@ impl Env {
     /// A check that bypasses every cache (DNS and DID documents).
     async fn check_fresh(&self) -> Report {
         self.checker
-            .check(DID, DOMAIN, &["sel1".to_owned()], true)
+            .check(
+                DID,
+                DOMAIN,
+                &["sel1".to_owned()],
+                atmos_labeler::verify::Vantage::Fresh,
+            )
             .await
     }
 
     async fn check_with(&self, selectors: &[&str]) -> Report {
         let selectors: Vec<String> = selectors.iter().map(|s| (*s).to_owned()).collect();
-        self.checker.check(DID, DOMAIN, &selectors, false).await
+        self.checker
+            .check(
+                DID,
+                DOMAIN,
+                &selectors,
+                atmos_labeler::verify::Vantage::Cached,
+            )
+            .await
     }
 }
 
@@ -268,11 +280,14 @@ async fn timeouts_on_any_checked_name_never_fail() {
         checks.push((domain, faulty));
     }
     let selectors = vec!["sel1".to_owned()];
-    let reports = futures_util::future::join_all(
-        checks
-            .iter()
-            .map(|(domain, _)| env.checker.check(DID, domain, &selectors, false)),
-    )
+    let reports = futures_util::future::join_all(checks.iter().map(|(domain, _)| {
+        env.checker.check(
+            DID,
+            domain,
+            &selectors,
+            atmos_labeler::verify::Vantage::Cached,
+        )
+    }))
     .await;
     for ((_, faulty), report) in checks.iter().zip(reports) {
         assert_eq!(
@@ -565,7 +580,10 @@ async fn dmarc_fails_weak_policies_and_falls_back_to_the_organisational_domain()
     let domain = "mail.example.test";
     env.dns.publish_good_operator(domain, DID, &["s"]);
     let sel = vec!["s".to_owned()];
-    let check = || env.checker.check(DID, domain, &sel, false);
+    let check = || {
+        env.checker
+            .check(DID, domain, &sel, atmos_labeler::verify::Vantage::Cached)
+    };
     assert_eq!(check().await.verdict, Outcome::Pass);
 
     env.dns
@@ -668,7 +686,10 @@ async fn invalid_inputs_are_reported_without_querying() {
         (DID, "example.test."),
         (DID, "192.0.2.1"),
     ] {
-        let r = env.checker.check(did, domain, &sel, false).await;
+        let r = env
+            .checker
+            .check(did, domain, &sel, atmos_labeler::verify::Vantage::Cached)
+            .await;
         assert_eq!(r.verdict, Outcome::Fail, "{did} {domain}");
         assert_eq!(r.checks.len(), 1);
         assert!(
@@ -693,6 +714,9 @@ async fn invalid_inputs_are_reported_without_querying() {
     let r = env.check_with(&[]).await;
     expect(&r, CheckName::Dkim, None, Outcome::Fail, "no DKIM selector");
     let many: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
-    let r = env.checker.check(DID, DOMAIN, &many, false).await;
+    let r = env
+        .checker
+        .check(DID, DOMAIN, &many, atmos_labeler::verify::Vantage::Cached)
+        .await;
     expect(&r, CheckName::Dkim, None, Outcome::Fail, "at most 16");
 }

@@ -165,7 +165,9 @@ impl Handed {
                 status,
                 ..
             } => h.hash_one(("account", did, active, status)),
-            Command::Checkpoint { .. } | Command::Recheck { .. } => return None,
+            Command::Checkpoint { .. } | Command::Recheck { .. } | Command::Resync { .. } => {
+                return None;
+            }
         };
         Some((time_us, hash))
     }

@@ -11,6 +11,10 @@ use crate::verify::Outcome;
 /// `meta` key of the Jetstream cursor (`time_us` of the last event whose effect committed).
 const CURSOR_KEY: &str = "jetstream_cursor";
 
+/// `meta` key of the last `labeler breaker release` (unix ms): a breaker opened before it may
+/// let its held withdrawals through.
+const BREAKER_RELEASE_KEY: &str = "breaker_release_ms";
+
 /// An attestation record and its verification state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attestation {
@@ -362,6 +366,23 @@ impl Store {
     /// Saves the Jetstream cursor unless a larger one is already saved.
     pub fn save_cursor(&self, time_us: i64) -> Result<(), Error> {
         save_cursor_in(&self.writer(), time_us)
+    }
+
+    /// Records an operator's `labeler breaker release` at `now_ms`.
+    pub fn release_breaker(&self, now_ms: i64) -> Result<(), Error> {
+        self.writer()
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![BREAKER_RELEASE_KEY, now_ms])?;
+        Ok(())
+    }
+
+    /// When an operator last released the breaker (unix ms), if ever.
+    pub fn breaker_released_ms(&self) -> Result<Option<i64>, Error> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([BREAKER_RELEASE_KEY], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     /// The saved Jetstream cursor.

@@ -155,6 +155,14 @@ pub struct Report {
     pub verdict: Outcome,
     /// One entry per check (one per DKIM selector).
     pub checks: Vec<Check>,
+    /// Who confirmed a failure through a second vantage point (e.g. "the resolvers
+    /// 10.0.0.2:53"), when the verdict is a confirmed failure.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirmed_by: Option<String>,
+    /// What the labeler did with the verdict beyond the rules, in words (a withdrawal held by
+    /// the breaker, labels withheld because the account is inactive).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -187,6 +195,65 @@ impl Report {
             self.verdict.words()
         ));
         out
+    }
+}
+
+/// Where a check's DNS answers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vantage {
+    /// The configured resolvers, with their cache: ordinary checks.
+    Cached,
+    /// The configured resolvers, bypassing every cache (DNS and DID documents): a second look
+    /// before a failure is acted on.
+    Fresh,
+    /// The independent path (the `confirmDnsServers`, or each zone's authoritative servers),
+    /// without caches: confirms a failure before a label is withdrawn.
+    Confirm,
+}
+
+/// `first`'s checks, each failure kept only where `second` (the same checks from another
+/// vantage point, `by`) fails it too; a failure the other side does not see becomes "could not
+/// decide", naming both answers. Two vantage points must agree before anything is withdrawn,
+/// as Let's Encrypt's multi-perspective validation requires for issuance.
+pub fn confirm(first: &Report, second: &Report, by: &str) -> Report {
+    let checks: Vec<Check> = first
+        .checks
+        .iter()
+        .map(|c| {
+            if c.outcome != Outcome::Fail {
+                return c.clone();
+            }
+            let other = second
+                .checks
+                .iter()
+                .find(|o| o.name == c.name && o.subject == c.subject);
+            match other {
+                Some(o) if o.outcome == Outcome::Fail => o.clone(),
+                Some(o) => Check {
+                    outcome: Outcome::CouldNotDecide,
+                    reason: format!(
+                        "{}; not confirmed through {by}, which saw: {}",
+                        c.reason, o.reason
+                    ),
+                    ..c.clone()
+                },
+                None => Check {
+                    outcome: Outcome::CouldNotDecide,
+                    reason: format!("{}; not confirmed through {by}", c.reason),
+                    ..c.clone()
+                },
+            }
+        })
+        .collect();
+    let verdict = verdict(&checks);
+    Report {
+        did: first.did.clone(),
+        domain: first.domain.clone(),
+        checked_at: second.checked_at.clone(),
+        verdict,
+        checks,
+        confirmed_by: (verdict == Outcome::Fail).then(|| by.to_owned()),
+        notes: first.notes.clone(),
     }
 }
 
@@ -242,6 +309,9 @@ impl Dns for Live<'_> {
 #[derive(Clone)]
 pub struct Checker {
     dns: dns::Resolver,
+    /// The independent path for [`Vantage::Confirm`]; the configured resolvers, fresh, when
+    /// there is none (one-shot checks).
+    confirm: Option<dns::Resolver>,
     identity: identity::Resolver,
     relay: Option<String>,
 }
@@ -263,21 +333,42 @@ impl Checker {
             .filter(|r| !r.is_empty());
         Checker {
             dns,
+            confirm: None,
             identity,
             relay,
         }
     }
 
-    /// Runs every check, concurrently. Never panics and never fails: problems, including
-    /// invalid inputs, are entries in the report. `fresh` bypasses every cache (DNS and DID
-    /// documents), for confirming a failure before a label is withdrawn.
+    /// This checker with `resolver` as its independent confirmation path.
+    pub fn with_confirmation(mut self, resolver: dns::Resolver) -> Checker {
+        self.confirm = Some(resolver);
+        self
+    }
+
+    /// Who answers for `vantage`, in words for reports.
+    pub fn describe(&self, vantage: Vantage) -> &str {
+        match (vantage, &self.confirm) {
+            (Vantage::Confirm, Some(c)) => c.describe(),
+            _ => self.dns.describe(),
+        }
+    }
+
+    /// The configured (primary) resolver: the one whose health decides whether the labeler
+    /// can trust its own "absent" answers.
+    pub fn resolver(&self) -> &dns::Resolver {
+        &self.dns
+    }
+
+    /// Runs every check, concurrently, from `vantage`. Never panics and never fails:
+    /// problems, including invalid inputs, are entries in the report.
     pub async fn check(
         &self,
         did: &str,
         domain: &str,
         selectors: &[String],
-        fresh: bool,
+        vantage: Vantage,
     ) -> Report {
+        let fresh = vantage != Vantage::Cached;
         let mut checks = Vec::new();
         let input_problem = if !crate::syntax::is_did(did) {
             Some(format!("{:?} is not a valid DID", tags::clip(did)))
@@ -294,10 +385,11 @@ impl Checker {
             return finish(did, domain, checks);
         }
 
-        let live = Live {
-            resolver: &self.dns,
-            fresh,
+        let resolver = match (vantage, &self.confirm) {
+            (Vantage::Confirm, Some(c)) => c,
+            _ => &self.dns,
         };
+        let live = Live { resolver, fresh };
         let (dkim_plan, dkim_early) = plan_selectors(domain, selectors);
         let dkim_checks = dkim_plan.iter().map(|sel| {
             let live = &live;
@@ -358,6 +450,8 @@ fn finish(did: &str, domain: &str, checks: Vec<Check>) -> Report {
         checked_at: crate::label::now_cts(),
         verdict: verdict(&checks),
         checks,
+        confirmed_by: None,
+        notes: Vec::new(),
     }
 }
 
@@ -710,6 +804,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_failure_stands_only_where_the_second_vantage_point_fails_it_too() {
+        use CheckName::*;
+        use Outcome::*;
+        let entry = |name, subject: Option<&str>, outcome, reason: &str| Check {
+            name,
+            subject: subject.map(str::to_owned),
+            outcome,
+            reason: reason.to_owned(),
+        };
+        let report = |checks: Vec<Check>| finish("did:plc:x", "example.test", checks);
+        let first = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Fail, "no key at a"),
+            entry(Dmarc, None, Fail, "no DMARC record"),
+        ]);
+        // The other side agrees about DMARC only: DKIM becomes could-not-decide.
+        let second = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Pass, "key at a is fine"),
+            entry(Dmarc, None, Fail, "no DMARC record either"),
+        ]);
+        let r = confirm(&first, &second, "the second resolvers");
+        assert_eq!(r.verdict, Fail);
+        assert_eq!(r.confirmed_by.as_deref(), Some("the second resolvers"));
+        assert_eq!(r.checks[1].outcome, CouldNotDecide);
+        assert!(
+            r.checks[1]
+                .reason
+                .contains("not confirmed through the second resolvers")
+                && r.checks[1].reason.contains("key at a is fine"),
+            "{}",
+            r.checks[1].reason
+        );
+        assert_eq!(r.checks[2].reason, "no DMARC record either");
+        // Nothing agreed: nothing fails, nothing is confirmed.
+        let healthy = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Pass, "fine"),
+            entry(Dmarc, None, CouldNotDecide, "timed out"),
+        ]);
+        let r = confirm(&first, &healthy, "x");
+        assert_eq!(r.verdict, CouldNotDecide);
+        assert_eq!(r.confirmed_by, None);
+    }
+
+    #[test]
     fn reports_render_as_json_and_text() {
         let report = Report {
             did: "did:plc:x".to_owned(),
@@ -736,6 +876,8 @@ pub(crate) mod tests {
                     reason: "no".to_owned(),
                 },
             ],
+            confirmed_by: None,
+            notes: Vec::new(),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["checkedAt"], "2026-01-01T00:00:00.000Z");

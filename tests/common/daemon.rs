@@ -87,6 +87,8 @@ pub fn config(world: &World, dir: &Path, reverify: &str) -> Config {
         "jetstreamURL": world.jetstream.url(),
         "plcURL": world.plc.url(),
         "dnsServers": [world.dns.addr().to_string()],
+        "confirmDnsServers": [world.dns.addr().to_string()],
+        "dnsCanaries": [super::dns::CANARY],
         "dnsTimeout": "500ms",
         "reverifyInterval": reverify,
         "allowPrivateAddresses": true,

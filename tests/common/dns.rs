@@ -56,6 +56,10 @@ pub const GOOD_SPF: &str = "v=spf1 ip4:192.0.2.0/24 -all";
 /// The DMARC record of [`FakeDns::publish_good_operator`].
 pub const GOOD_DMARC: &str = "v=DMARC1; p=reject";
 
+/// A name every fake serves an address for: the labeler's `dnsCanaries` in tests, so that a
+/// healthy fake is a resolver that works and a lying one is not.
+pub const CANARY: &str = "canary.fake.test";
+
 /// A failure the server can be told to produce for one name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -65,6 +69,8 @@ pub enum Fault {
     Refused,
     /// Never answer.
     Timeout,
+    /// Answer NXDOMAIN: a resolver that lies about absence.
+    NxDomain,
     /// Over UDP, answer with the TC bit and no records; over TCP, answer normally.
     Truncate,
 }
@@ -134,11 +140,13 @@ impl FakeDns {
             };
             server.register_socket(udp);
             server.register_listener(tcp, Duration::from_secs(5), 64);
-            return FakeDns {
+            let dns = FakeDns {
                 addr,
                 zone,
                 _server: server,
             };
+            dns.set_a(CANARY, &[Ipv4Addr::new(192, 0, 2, 53)]);
+            return dns;
         }
         panic!("could not bind UDP and TCP on one port");
     }
@@ -310,6 +318,13 @@ impl Handler {
             Some(Fault::ServFail) => return Reply::Error(ResponseCode::ServFail),
             Some(Fault::Refused) => return Reply::Error(ResponseCode::Refused),
             Some(Fault::Truncate) if protocol == Protocol::Udp => return Reply::Truncated,
+            Some(Fault::NxDomain) => {
+                return Reply::Answer {
+                    code: ResponseCode::NXDomain,
+                    answers: Vec::new(),
+                    soa: None,
+                };
+            }
             _ => {}
         }
         let ttl = zone.ttl;

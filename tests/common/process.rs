@@ -192,6 +192,8 @@ impl LabelerProcess {
             "jetstreamURL": world.jetstream.url(),
             "plcURL": world.plc.url(),
             "dnsServers": [world.dns.addr().to_string()],
+            "confirmDnsServers": [world.dns.addr().to_string()],
+            "dnsCanaries": [super::dns::CANARY],
             "dnsTimeout": "2s",
             "reverifyInterval": reverify,
             "allowPrivateAddresses": true,
