@@ -145,6 +145,8 @@ pub struct Tuning {
     pub clock: manager::Clock,
     /// Port of the authoritative servers asked to confirm failures (53; tests run their own).
     pub authoritative_dns_port: u16,
+    /// How soon an account event that could not be confirmed is retried.
+    pub account_retry: Duration,
 }
 
 impl Tuning {
@@ -159,6 +161,7 @@ impl Tuning {
             },
             clock: manager::Clock::System,
             authoritative_dns_port: 53,
+            account_retry: manager::ACCOUNT_RETRY,
         }
     }
 }
@@ -269,6 +272,7 @@ pub async fn start(
             stale_after: config.stale_after,
             concurrency: config.verify_concurrency,
             verify_deadline: config.verify_deadline,
+            account_retry: tuning.account_retry,
             clock: tuning.clock,
         },
         manager::GuardOptions {

@@ -84,6 +84,12 @@ pub enum Command {
         #[command(subcommand)]
         action: LabelAction,
     },
+    /// The guard's breaker, which holds withdrawals when too many would happen at once.
+    Breaker {
+        /// Action.
+        #[command(subcommand)]
+        action: BreakerAction,
+    },
     /// Print the app.bsky.labeler.service record to publish in the labeler's repo.
     ServiceRecord,
     /// Exit 0 when the daemon answers /xrpc/_health (for Docker HEALTHCHECK).
@@ -133,6 +139,15 @@ pub enum LabelAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+/// `labeler breaker …`
+#[derive(Debug, Subcommand)]
+pub enum BreakerAction {
+    /// Let the withdrawals an open breaker holds through (a running daemon reads it from the
+    /// database at its next held withdrawal). The breaker opens again if the rate stays high
+    /// after it closes.
+    Release,
 }
 
 /// CLI errors (printed as one line by `main`).
@@ -232,6 +247,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             plc_url,
         ),
         Command::Label { action } => label_cmd(&config_path, action),
+        Command::Breaker {
+            action: BreakerAction::Release,
+        } => {
+            let config = Config::load(&config_path)?;
+            let store = Store::open(&config.db_path())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            store.release_breaker(now)?;
+            eprintln!(
+                "breaker released: withdrawals held since it opened are signed at their next                  re-check (within minutes)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ServiceRecord => {
             let record = service_record();
             println!(

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod crash;
 mod dns;
+mod hostile;
 mod identity;
 mod jetstream;
 mod lexicons;

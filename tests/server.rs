@@ -237,7 +237,7 @@ async fn get_verification_reports_attestations_and_labels() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"did": "did:plc:unknown", "attestations": [], "labels": []})
+        json!({"did": "did:plc:unknown", "attestations": [], "labels": [], "refused": []})
     );
     s.expect_error("/xrpc/email.atmos.getVerification", 400, "InvalidRequest")
         .await;

@@ -188,6 +188,7 @@ mod tests {
             stale_after: Duration::from_secs(72 * 3600),
             concurrency: 4,
             verify_deadline: Duration::from_secs(60),
+            account_retry: Duration::from_secs(60),
             clock: Clock::System,
         }
     }

@@ -9,7 +9,8 @@
 //! 1. **The labeler cannot resolve names it knows exist.** Before any withdrawal (and before
 //!    staleness may count), the configured resolver is asked for the `dnsCanaries`. If none
 //!    resolves, the resolver is degraded: withdrawals are held and staleness does not
-//!    advance. The probe is cached for [`PROBE_TTL`].
+//!    advance. A healthy probe is reused for [`PROBE_TTL`], a failed one for
+//!    [`DEGRADED_PROBE_TTL`].
 //! 2. **The breaker is open.** Within the last `breakerWindow`, more than
 //!    [`BREAKER_SHARE_PERCENT`]% of the standing attestations re-checked (and at least
 //!    [`BREAKER_MIN`]) would have been withdrawn. Every withdrawal is then held, loudly (log,
@@ -20,7 +21,8 @@
 //! report says why it was held. Withdrawals that are facts about the record, not about DNS (a
 //! record the PDS says is deleted, an account that is not active) never pass through here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +33,12 @@ use crate::health::{self, Health};
 use crate::store::Store;
 use crate::telemetry;
 
-/// How long a canary probe's result is reused.
+/// How long a healthy canary probe is reused.
 pub(super) const PROBE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a failed canary probe is reused: short, so withdrawals resume soon after the
+/// resolver recovers.
+pub(super) const DEGRADED_PROBE_TTL: Duration = Duration::from_secs(1);
 
 /// The breaker opens when more than this share (percent) of the standing attestations
 /// re-checked in the window would be withdrawn…
@@ -40,9 +46,6 @@ pub(super) const BREAKER_SHARE_PERCENT: u64 = 10;
 
 /// …and at least this many would be.
 pub(super) const BREAKER_MIN: u64 = 5;
-
-/// Buckets the window is counted in.
-const BUCKETS: u32 = 60;
 
 /// Guard settings.
 #[derive(Clone, Debug)]
@@ -56,23 +59,58 @@ pub struct Options {
     pub max_hold: Duration,
 }
 
-/// Re-checks and would-be withdrawals in one slice of the window.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    start: Instant,
-    rechecked: u64,
-    withdrawals: u64,
+/// The distinct attestations seen within the window, each with the last time it was seen:
+/// the breaker counts attestations, not events, so a fast `reverifyInterval` re-checking the
+/// same few many times does not dilute a wave of withdrawals.
+#[derive(Debug, Default)]
+struct Recent {
+    last: HashMap<u64, Instant>,
+    order: VecDeque<(Instant, u64)>,
+}
+
+impl Recent {
+    fn see(&mut self, key: u64, now: Instant) {
+        self.last.insert(key, now);
+        self.order.push_back((now, key));
+    }
+
+    /// Forgets what was last seen before `since`; returns how many remain.
+    fn count_since(&mut self, since: Instant) -> u64 {
+        while let Some(&(at, key)) = self.order.front() {
+            if at >= since {
+                break;
+            }
+            self.order.pop_front();
+            if self.last.get(&key) == Some(&at) {
+                self.last.remove(&key);
+            }
+        }
+        self.last.len() as u64
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// The last canary probe: when, and `Some(why)` if the resolver was degraded.
     probe: Option<(Instant, Option<String>)>,
-    buckets: VecDeque<Bucket>,
+    /// Standing attestations re-checked within the window.
+    rechecked: Recent,
+    /// Of those, the ones that would have been withdrawn.
+    withdrawals: Recent,
     /// When the breaker opened (monotonic, and wall-clock ms for the release flag).
     open: Option<(Instant, i64)>,
     /// Withdrawals held since it opened.
     held: u64,
+}
+
+/// A compact key for one attestation (collisions only merge two in the counts).
+fn key(did: &str, rkey: &str) -> u64 {
+    static HASHER: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let mut h = HASHER
+        .get_or_init(std::hash::RandomState::new)
+        .build_hasher();
+    (did, rkey).hash(&mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 /// The guard. One per manager.
@@ -109,7 +147,12 @@ impl Guard {
             return None;
         }
         if let Some((at, verdict)) = &self.lock().probe
-            && at.elapsed() < PROBE_TTL
+            && at.elapsed()
+                < if verdict.is_some() {
+                    DEGRADED_PROBE_TTL
+                } else {
+                    PROBE_TTL
+                }
         {
             return verdict.clone();
         }
@@ -159,21 +202,28 @@ impl Guard {
     }
 
     /// A standing attestation was re-checked (the breaker's denominator).
-    pub(super) fn observe_recheck(&self) {
+    pub(super) fn observe_recheck(&self, did: &str, rkey: &str) {
         let mut s = self.lock();
-        self.bucket(&mut s).rechecked += 1;
+        s.rechecked.see(key(did, rkey), Instant::now());
         self.evaluate(&mut s);
     }
 
     /// A standing attestation would be withdrawn: `Ok` to sign it, `Err(why)` to hold it.
-    pub(super) async fn allow_withdrawal(&self, did: &str, domain: &str) -> Result<(), String> {
+    pub(super) async fn allow_withdrawal(
+        &self,
+        did: &str,
+        rkey: &str,
+        domain: &str,
+    ) -> Result<(), String> {
         if let Some(why) = self.resolver_degraded().await {
             self.count_held();
             return Err(why);
         }
         let open_since_ms = {
             let mut s = self.lock();
-            self.bucket(&mut s).withdrawals += 1;
+            let now = Instant::now();
+            s.rechecked.see(key(did, rkey), now);
+            s.withdrawals.see(key(did, rkey), now);
             self.evaluate(&mut s);
             match s.open {
                 None => return Ok(()),
@@ -200,7 +250,7 @@ impl Guard {
             return Ok(());
         }
         self.count_held();
-        let (rechecked, withdrawals) = self.totals(&self.lock());
+        let (rechecked, withdrawals) = self.totals(&mut self.lock());
         Err(format!(
             "withdrawal held by the breaker: {withdrawals} of {rechecked} standing attestations \
              re-checked in the last {} would be withdrawn (more than {BREAKER_SHARE_PERCENT}%), \
@@ -223,35 +273,15 @@ impl Guard {
         });
     }
 
-    /// The current bucket, dropping those that left the window.
-    fn bucket<'s>(&self, s: &'s mut State) -> &'s mut Bucket {
-        let now = Instant::now();
-        let width = (self.options.window / BUCKETS).max(Duration::from_millis(1));
-        while s
-            .buckets
-            .front()
-            .is_some_and(|b| now.duration_since(b.start) >= self.options.window)
-        {
-            s.buckets.pop_front();
-        }
-        if s.buckets
-            .back()
-            .is_none_or(|b| now.duration_since(b.start) >= width)
-        {
-            s.buckets.push_back(Bucket {
-                start: now,
-                rechecked: 0,
-                withdrawals: 0,
-            });
-        }
-        let last = s.buckets.len() - 1;
-        &mut s.buckets[last]
-    }
-
-    fn totals(&self, s: &State) -> (u64, u64) {
-        s.buckets
-            .iter()
-            .fold((0, 0), |(r, w), b| (r + b.rechecked, w + b.withdrawals))
+    /// (standing attestations re-checked, would-be withdrawals) within the window.
+    fn totals(&self, s: &mut State) -> (u64, u64) {
+        let since = Instant::now()
+            .checked_sub(self.options.window)
+            .unwrap_or_else(Instant::now);
+        (
+            s.rechecked.count_since(since),
+            s.withdrawals.count_since(since),
+        )
     }
 
     /// Opens or closes the breaker from the window's counts.

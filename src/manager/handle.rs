@@ -256,7 +256,7 @@ impl Shared {
                         "account event could not be confirmed at the PDS; re-checking soon");
                     metrics::counter!(telemetry::MANAGER_FAILURES, "reason" => "account-unconfirmed")
                         .increment(1);
-                    let by = now + super::ACCOUNT_RETRY.as_millis() as i64;
+                    let by = now + self.options.account_retry.as_millis() as i64;
                     return self
                         .commit(did.to_owned(), Some(cursor), move |_, changes| {
                             changes.recheck_by_ms = Some(by);
@@ -294,6 +294,8 @@ impl Shared {
         copies: Vec<(String, Value, Option<String>)>,
         cursor: Option<i64>,
     ) -> Result<(), Error> {
+        // Only the last commit carries the cursor: the oldest event this resync absorbed is
+        // finished once every record's outcome is committed, not at the first of them.
         self.identity.forget(did);
         let listing = tokio::time::timeout(self.options.verify_deadline, self.list_all(did))
             .await
@@ -302,7 +304,7 @@ impl Shared {
         let (account, listed) = match listing {
             Ok(Listing::Inactive(account)) => {
                 for a in &stored {
-                    self.apply(did, &a.rkey, None, Plan::Inactive(account.clone()), cursor)
+                    self.apply(did, &a.rkey, None, Plan::Inactive(account.clone()), None)
                         .await?;
                 }
                 return self.commit(did.to_owned(), cursor, |_, _| {}).await;
@@ -315,7 +317,7 @@ impl Shared {
                         reason: reason.clone(),
                         fallback: None,
                     };
-                    self.apply(did, &a.rkey, None, plan, cursor).await?;
+                    self.apply(did, &a.rkey, None, plan, None).await?;
                 }
                 for (rkey, value, cid) in copies {
                     if !stored.iter().any(|a| a.rkey == rkey) {
@@ -323,7 +325,7 @@ impl Shared {
                             reason: reason.clone(),
                             fallback: Some((value, cid)),
                         };
-                        self.apply(did, &rkey, None, plan, cursor).await?;
+                        self.apply(did, &rkey, None, plan, None).await?;
                     }
                 }
                 return self.commit(did.to_owned(), cursor, |_, _| {}).await;
@@ -335,7 +337,7 @@ impl Shared {
                 let plan = Plan::Gone {
                     account: Some(account.clone()),
                 };
-                self.apply(did, &a.rkey, None, plan, cursor).await?;
+                self.apply(did, &a.rkey, None, plan, None).await?;
             }
         }
         // Tracked records first, then the others oldest first (rkeys are TIDs), up to the
@@ -349,7 +351,7 @@ impl Shared {
                 cid: cid.clone(),
                 account: Some(account.clone()),
             };
-            self.reconcile(did, rkey, None, source, cursor).await?;
+            self.reconcile(did, rkey, None, source, None).await?;
         }
         if !refused.is_empty() {
             let reason = refusal_reason(did, refused.len());
@@ -369,7 +371,7 @@ impl Shared {
                 refused = refused.len(),
                 "attestations refused: too many for one DID"
             );
-            self.commit(did.to_owned(), cursor, move |_, changes| {
+            self.commit(did.to_owned(), None, move |_, changes| {
                 changes.refused = refusals.clone();
             })
             .await?;
@@ -512,7 +514,7 @@ impl Shared {
             && self.guard.resolver_degraded().await.is_some();
         let mut hold = None;
         if standing {
-            self.guard.observe_recheck();
+            self.guard.observe_recheck(did, rkey);
             let now = self.options.clock.now_ms();
             let next = advance(
                 prev,
@@ -524,7 +526,11 @@ impl Shared {
                 degraded,
             );
             if !next.standing {
-                hold = self.guard.allow_withdrawal(did, &record.domain).await.err();
+                hold = self
+                    .guard
+                    .allow_withdrawal(did, rkey, &record.domain)
+                    .await
+                    .err();
             }
         }
         Ok(Plan::Checked(Box::new(Verified {
@@ -753,7 +759,11 @@ impl Shared {
                 false,
             );
             if !next.standing {
-                hold = self.guard.allow_withdrawal(did, &a.domain).await.err();
+                hold = self
+                    .guard
+                    .allow_withdrawal(did, rkey, &a.domain)
+                    .await
+                    .err();
                 if let Some(h) = &hold {
                     report.notes.push(h.clone());
                 }
@@ -845,7 +855,8 @@ impl Shared {
                 && p.standing
                 && !next.standing
             {
-                next = decide::held(p, next, now + HOLD_RETRY.as_millis() as i64);
+                let retry = HOLD_RETRY.min(opts.reverify_interval);
+                next = decide::held(p, next, now + retry.as_millis() as i64);
             }
             changes.put.push(Attestation {
                 did: did_s.clone(),

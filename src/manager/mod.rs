@@ -91,9 +91,9 @@ const MAX_LIST_PAGES: usize = 10;
 /// How soon a withdrawal the guard held is tried again.
 const HOLD_RETRY: Duration = Duration::from_secs(5 * 60);
 
-/// How soon a DID whose account event could not be confirmed is re-checked (then with the
-/// undecided backoff).
-const ACCOUNT_RETRY: Duration = Duration::from_secs(60);
+/// How soon a DID whose account event could not be confirmed is re-checked by default (then
+/// with the undecided backoff).
+pub const ACCOUNT_RETRY: Duration = Duration::from_secs(60);
 
 /// First retry delay for an attestation that could not be decided; doubles each time.
 const UNDECIDED_RETRY: Duration = Duration::from_secs(5 * 60);
@@ -138,6 +138,9 @@ pub struct Options {
     pub concurrency: usize,
     /// One deadline for all the network work about one record (PDS, PLC, every DNS query).
     pub verify_deadline: Duration,
+    /// How soon a DID whose account event could not be confirmed is re-checked
+    /// ([`ACCOUNT_RETRY`]).
+    pub account_retry: Duration,
     /// Time source.
     pub clock: Clock,
 }

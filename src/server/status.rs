@@ -109,21 +109,37 @@ pub(crate) async fn get_verification(
     }
     let labeler = shared.options.labeler_did.clone();
     let subject = did.clone();
-    let (attestations, labels) = shared
+    let (attestations, labels, refusals) = shared
         .blocking(move |s| {
             Ok((
                 s.attestations_for(&subject)?,
                 s.current_labels(&labeler, &subject)?,
+                s.refusals_for(&subject)?,
             ))
         })
         .await?;
+    let refused: Vec<Value> = refusals
+        .iter()
+        .map(|r| {
+            json!({
+                "uri": format!("at://{did}/{ATTESTATION_NSID}/{}", r.rkey),
+                "reason": r.reason,
+                "refusedAt": datetime_ms(r.at_ms),
+            })
+        })
+        .collect();
     let attestations: Vec<Value> = attestations.iter().map(attestation_json).collect();
     let labels: Vec<Value> = labels
         .iter()
         .map(|l| serde_json::to_value(&l.signed))
         .collect::<Result<_, _>>()
         .map_err(|e| XrpcError::Internal(Box::new(e)))?;
-    let body = json!({ "did": did, "attestations": attestations, "labels": labels });
+    let body = json!({
+        "did": did,
+        "attestations": attestations,
+        "labels": labels,
+        "refused": refused,
+    });
     Ok(json_body(body.to_string()))
 }
 
@@ -137,8 +153,15 @@ fn attestation_json(a: &Attestation) -> Value {
         "verified": a.standing,
         "relayMember": a.relay_member,
         "nextCheckAt": datetime_ms(a.next_check_ms),
-        "checks": checks(a),
     });
+    let mut report = stored_report(a);
+    v["checks"] = report.remove("checks").unwrap_or_else(|| json!([]));
+    if let Some(by) = report.remove("confirmedBy") {
+        v["confirmedBy"] = by;
+    }
+    if let Some(notes) = report.remove("notes") {
+        v["notes"] = notes;
+    }
     if let Some(cid) = &a.record_cid {
         v["cid"] = json!(cid);
     }
@@ -148,20 +171,17 @@ fn attestation_json(a: &Attestation) -> Value {
     v
 }
 
-/// The `checks` array of the stored report, passed through; `[]` when there is no report or
-/// it cannot be read (logged: it means a bug or a hand-edited row, not a client error).
-fn checks(a: &Attestation) -> Value {
+/// The stored report's fields, passed through; empty when there is no report or it cannot be
+/// read (logged: it means a bug or a hand-edited row, not a client error).
+fn stored_report(a: &Attestation) -> serde_json::Map<String, Value> {
     let Some(report) = &a.report else {
-        return json!([]);
+        return serde_json::Map::new();
     };
     match serde_json::from_str::<Value>(report) {
-        Ok(Value::Object(mut report)) => match report.remove("checks") {
-            Some(checks @ Value::Array(_)) => checks,
-            _ => json!([]),
-        },
+        Ok(Value::Object(report)) => report,
         Ok(_) | Err(_) => {
             tracing::warn!(did = %a.did, rkey = %a.rkey, "stored verification report is not a JSON object");
-            json!([])
+            serde_json::Map::new()
         }
     }
 }

@@ -88,6 +88,7 @@ pub fn config(world: &World, dir: &Path, reverify: &str) -> Config {
         "plcURL": world.plc.url(),
         "dnsServers": [world.dns.addr().to_string()],
         "confirmDnsServers": [world.dns.addr().to_string()],
+        "verifyDeadline": "5s",
         "dnsCanaries": [super::dns::CANARY],
         "dnsTimeout": "500ms",
         "reverifyInterval": reverify,

@@ -30,7 +30,7 @@ use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -83,6 +83,7 @@ struct NameData {
     a: Vec<Ipv4Addr>,
     aaaa: Vec<Ipv6Addr>,
     cname: Option<String>,
+    ns: Vec<String>,
 }
 
 impl NameData {
@@ -92,6 +93,7 @@ impl NameData {
             && self.a.is_empty()
             && self.aaaa.is_empty()
             && self.cname.is_none()
+            && self.ns.is_empty()
     }
 }
 
@@ -127,13 +129,19 @@ fn fqdn(name: &str) -> Name {
 impl FakeDns {
     /// Starts a server on 127.0.0.1 (UDP and TCP on one ephemeral port).
     pub async fn start() -> FakeDns {
+        FakeDns::start_on(Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Starts a server on `ip` (another 127.0.0.0/8 address, for a second server that must
+    /// be told apart from the first by address).
+    pub async fn start_on(ip: Ipv4Addr) -> FakeDns {
         let zone = Arc::new(Mutex::new(Zone::default()));
         let handler = Handler { zone: zone.clone() };
         let mut server = Server::new(handler);
         // UDP gets an ephemeral port; TCP must bind the same one. Another process may hold
         // it for TCP, so try a bounded number of ports.
         for _ in 0..50 {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let udp = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
             let addr = udp.local_addr().unwrap();
             let Ok(tcp) = tokio::net::TcpListener::bind(addr).await else {
                 continue;
@@ -237,6 +245,11 @@ impl FakeDns {
     pub fn set_cname(&self, name: &str, target: &str) {
         let target = key(target);
         self.edit(name, |d| d.cname = Some(target));
+    }
+
+    /// Sets the NS records of `zone`.
+    pub fn set_ns(&self, zone: &str, hosts: &[&str]) {
+        self.edit(zone, |d| d.ns = hosts.iter().map(|h| key(h)).collect());
     }
 
     /// Removes every record at `name` (not below it).
@@ -373,6 +386,7 @@ impl Handler {
                 }
                 RecordType::A => d.a.iter().map(|ip| RData::A(A(*ip))).collect(),
                 RecordType::AAAA => d.aaaa.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect(),
+                RecordType::NS => d.ns.iter().map(|h| RData::NS(NS(fqdn(h)))).collect(),
                 RecordType::CNAME => d
                     .cname
                     .iter()
