@@ -173,17 +173,12 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     assert_eq!(commands, ["cargo run --release", "cargo test --locked"]);
 
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    let ci_commands: Vec<&str> = ci
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('#') && !l.starts_with("set ") && !l.starts_with("cd ")
-        })
-        .collect();
     assert_eq!(
-        ci_commands,
-        ["cargo test --locked"],
-        ".ci/run runs exactly the README's test command"
+        ci_commands(&ci)
+            .filter(|l| l.starts_with("cargo test"))
+            .collect::<Vec<_>>(),
+        [commands[1]],
+        ".ci/run runs exactly the README's test command:\n{ci}"
     );
 
     // `cargo run` runs the labeler binary with no arguments: the Docker image's command.
@@ -191,4 +186,59 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     assert!(dockerfile.contains("CMD [\"labeler\"]"), "{dockerfile}");
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("default-run = \"labeler\""));
+}
+
+/// The command lines of a shell script: no blank lines, comments, or lines of the function
+/// that checks the toolchain.
+fn ci_commands(script: &str) -> impl Iterator<Item = &str> {
+    script
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('}'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains("()"))
+}
+
+#[test]
+fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## Continuous integration")
+        .nth(1)
+        .expect("README has a \"Continuous integration\" section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let listed: Vec<&str> = section
+        .split("```sh\n")
+        .nth(1)
+        .expect("the section lists the commands in a sh block")
+        .split("\n```")
+        .next()
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "cargo fmt --all -- --check",
+            "cargo clippy --all-targets --locked -- -D warnings",
+            "RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked",
+            "cargo test --locked",
+        ]
+    );
+
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let run: Vec<&str> = ci_commands(&ci).collect();
+    assert!(run.contains(&"set -euo pipefail"), "{ci}");
+    assert!(run.contains(&"install_deps"), "{ci}");
+    let checks: Vec<&str> = run
+        .iter()
+        .copied()
+        .filter(|l| l.contains("cargo "))
+        .collect();
+    assert_eq!(
+        checks, listed,
+        ".ci/run runs the README's list, in order:\n{ci}"
+    );
 }
