@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Args;
 use crate::checks::{Checks, check_delivery, check_history};
 use crate::common::daemon::World;
-use crate::harness::{Instance, Labeler, LogStats, http_client, percentile, poll};
+use crate::harness::{Instance, Labeler, LogStats, http_client, percentile, poll, ready};
 use crate::rows::{Row, latest_per_key, with_db};
 use follower::{FollowState, follow};
 use scenario::{Kind, Scenario, publish_scenario};
@@ -212,11 +212,7 @@ async fn run_scenario(
             let current = with_db(&inst.db, |db| db.current()).await?;
             let want = latest_per_key(&current);
             let got = latest_per_key(&follower.lock().expect("follower state").frames);
-            Ok(if want == got {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(String::new())
-            })
+            Ok(ready(want == got, String::new))
         },
     )
     .await?;

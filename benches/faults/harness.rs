@@ -346,6 +346,15 @@ pub fn median(values: &[f64]) -> f64 {
     percentile(&v, 0.5)
 }
 
+/// A [`poll`] answer: done, or not yet because of what `why` says.
+pub fn ready(done: bool, why: impl FnOnce() -> String) -> ControlFlow<(), String> {
+    if done {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(why())
+    }
+}
+
 /// Polls `probe` every `every` for at most `within`: for state in another process that sends
 /// no notification (its database, its metrics). The probe answers `Break(value)` once the state
 /// is reached, else `Continue(why not)`; when time runs out the last reason is returned as

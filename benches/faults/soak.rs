@@ -35,7 +35,7 @@ use crate::Args;
 use crate::checks::{Checks, check_delivery};
 use crate::common::daemon::World;
 use crate::harness::{
-    Instance, Labeler, LogStats, ProcSample, http_client, median, percentile, poll,
+    Instance, Labeler, LogStats, ProcSample, http_client, median, percentile, poll, ready,
 };
 use crate::procfs;
 use crate::rows::{latest_per_key, with_db};
@@ -110,14 +110,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Checks> {
                 .find_map(|l| l.strip_prefix("labeler_server_subscribers "))
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0);
-            Ok(if connected as usize >= args.subscribers {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(format!(
+            Ok(ready(connected as usize >= args.subscribers, || {
+                format!(
                     "only {connected} of {} subscribers connected",
                     args.subscribers
-                ))
-            })
+                )
+            }))
         },
     )
     .await?
@@ -141,14 +139,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Checks> {
         let within = Duration::from_secs(60 + args.preload as u64 / 10);
         poll(within, Duration::from_millis(200), async || {
             let n = with_db(&inst.db, |db| db.count("SELECT count(*) FROM attestations")).await?;
-            Ok(if n >= args.preload as i64 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(format!(
+            Ok(ready(n >= args.preload as i64, || {
+                format!(
                     "only {n} of {} preloaded attestations verified",
                     args.preload
-                ))
-            })
+                )
+            }))
         })
         .await?
         .map_err(anyhow::Error::msg)?;
@@ -249,15 +245,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Checks> {
     let load_time = started.elapsed();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
-    let mut stats = Vec::new();
-    for c in clients {
-        stats.push(
-            tokio::time::timeout(Duration::from_secs(15), c)
-                .await
-                .context("a queryLabels client did not stop")?
-                .context("queryLabels client task")??,
-        );
-    }
+    let stats = join_within(clients, Duration::from_secs(15), "a queryLabels client")
+        .await?
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let own_cpu = procfs::cpu_seconds("self")? - own_start;
     let final_sample = labeler.sample()?;
     let labeler_cpu = final_sample.cpu_s - samples.first().map_or(0.0, |s| s.proc.cpu_s);
@@ -286,15 +277,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Checks> {
     .map_err(anyhow::Error::msg)?;
     stopping.cancel();
     let exit = labeler.terminate().await?;
-    let mut records = Vec::new();
-    for s in subs {
-        records.push(
-            tokio::time::timeout(Duration::from_secs(10), s)
-                .await
-                .context("a subscriber did not end after the labeler stopped")?
-                .context("subscriber task")?,
-        );
-    }
+    let records = join_within(subs, Duration::from_secs(10), "a subscriber").await?;
     let (integrity, history) =
         with_db(&inst.db, |db| Ok((db.integrity_check()?, db.history()?))).await?;
     let log = LogStats::read(&inst.log)?;
@@ -487,4 +470,21 @@ pub async fn run(args: &Args) -> anyhow::Result<Checks> {
     );
     checks.clean_end("", exit, &integrity, &log);
     Ok(checks)
+}
+
+/// Waits for each task in turn, for at most `within` each, once it has been told to stop.
+async fn join_within<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let done = tokio::time::timeout(within, task)
+            .await
+            .with_context(|| format!("{what} did not stop within {within:?}"))?
+            .with_context(|| format!("{what} failed"))?;
+        out.push(done);
+    }
+    Ok(out)
 }
