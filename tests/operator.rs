@@ -157,19 +157,7 @@ async fn metrics_expose_the_pipeline_counters_after_an_event() {
 #[test]
 fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let quickstart = readme
-        .split("## Quickstart")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let commands: Vec<&str> = quickstart
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("\n```").next().unwrap().trim())
-        .collect();
+    let commands = readme_sh_blocks("Quickstart");
     assert_eq!(commands, ["cargo run --release", "cargo test --locked"]);
 
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
@@ -177,7 +165,7 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
         ci_commands(&ci)
             .filter(|l| l.starts_with("cargo test"))
             .collect::<Vec<_>>(),
-        [commands[1]],
+        [commands[1].as_str()],
         ".ci/run runs exactly the README's test command:\n{ci}"
     );
 
@@ -188,36 +176,10 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     assert!(manifest.contains("default-run = \"labeler\""));
 }
 
-/// The command lines of a shell script: no blank lines, comments, or lines of the function
-/// that checks the toolchain.
-fn ci_commands(script: &str) -> impl Iterator<Item = &str> {
-    script
-        .lines()
-        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('}'))
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains("()"))
-}
-
 #[test]
 fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = readme
-        .split("## Continuous integration")
-        .nth(1)
-        .expect("README has a \"Continuous integration\" section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let listed: Vec<&str> = section
-        .split("```sh\n")
-        .nth(1)
-        .expect("the section lists the commands in a sh block")
-        .split("\n```")
-        .next()
-        .unwrap()
-        .lines()
-        .collect();
+    let blocks = readme_sh_blocks("Continuous integration");
+    let listed: Vec<&str> = blocks.first().map_or("", String::as_str).lines().collect();
     assert_eq!(
         listed,
         [
@@ -228,6 +190,7 @@ fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
         ]
     );
 
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     let run: Vec<&str> = ci_commands(&ci).collect();
     assert!(run.contains(&"set -euo pipefail"), "{ci}");
@@ -241,4 +204,31 @@ fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
         checks, listed,
         ".ci/run runs the README's list, in order:\n{ci}"
     );
+}
+
+/// The `sh` code blocks of one `## ` section of README.md, trimmed.
+fn readme_sh_blocks(section: &str) -> Vec<String> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    readme
+        .split(&format!("## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no \"{section}\" section"))
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// The command lines of a shell script: no blank lines, comments, or lines of the function
+/// that checks the toolchain.
+fn ci_commands(script: &str) -> impl Iterator<Item = &str> {
+    script
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('}'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains("()"))
 }
