@@ -180,7 +180,7 @@ pub struct Running {
 
 impl Running {
     /// Waits until the daemon stops (after `shutdown` is cancelled or a component stops),
-    /// giving components [`SHUTDOWN_GRACE`] to finish. Returns the first error, if any.
+    /// giving components `SHUTDOWN_GRACE` to finish. Returns the first error, if any.
     pub async fn wait(mut self) -> Result<(), Error> {
         let mut first = Ok(());
         // The first component to end stops the rest.

@@ -94,7 +94,7 @@ pub enum Command {
     ServiceRecord,
     /// Exit 0 when the daemon answers /xrpc/_health (for Docker HEALTHCHECK).
     Healthcheck {
-        /// Base URL of the daemon. Default: http://127.0.0.1:<port of listenAddr>.
+        /// Base URL of the daemon. Default: HTTP to 127.0.0.1 on the port of listenAddr.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },

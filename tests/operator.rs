@@ -163,33 +163,16 @@ async fn metrics_count_the_event_verification_and_label_of_one_attestation() {
 #[test]
 fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let quickstart = readme
-        .split("## Quickstart")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let commands: Vec<&str> = quickstart
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("\n```").next().unwrap().trim())
-        .collect();
+    let commands = readme_sh_blocks("Quickstart");
     assert_eq!(commands, ["cargo run --release", "cargo test --locked"]);
 
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    let ci_commands: Vec<&str> = ci
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('#') && !l.starts_with("set ") && !l.starts_with("cd ")
-        })
-        .collect();
     assert_eq!(
-        ci_commands,
-        ["cargo test --locked"],
-        ".ci/run runs exactly the README's test command"
+        ci_commands(&ci)
+            .filter(|l| l.starts_with("cargo test"))
+            .collect::<Vec<_>>(),
+        [commands[1].as_str()],
+        ".ci/run runs exactly the README's test command:\n{ci}"
     );
 
     // `cargo run` runs the labeler binary with no arguments: the Docker image's command.
@@ -197,4 +180,61 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     assert!(dockerfile.contains("CMD [\"labeler\"]"), "{dockerfile}");
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("default-run = \"labeler\""));
+}
+
+#[test]
+fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
+    let blocks = readme_sh_blocks("Continuous integration");
+    let listed: Vec<&str> = blocks.first().map_or("", String::as_str).lines().collect();
+    assert_eq!(
+        listed,
+        [
+            "cargo fmt --all -- --check",
+            "cargo clippy --all-targets --locked -- -D warnings",
+            "RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked",
+            "cargo test --locked",
+        ]
+    );
+
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let run: Vec<&str> = ci_commands(&ci).collect();
+    assert!(run.contains(&"set -euo pipefail"), "{ci}");
+    assert!(run.contains(&"install_deps"), "{ci}");
+    let checks: Vec<&str> = run
+        .iter()
+        .copied()
+        .filter(|l| l.contains("cargo "))
+        .collect();
+    assert_eq!(
+        checks, listed,
+        ".ci/run runs the README's list, in order:\n{ci}"
+    );
+}
+
+/// The `sh` code blocks of one `## ` section of README.md, trimmed.
+fn readme_sh_blocks(section: &str) -> Vec<String> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    readme
+        .split(&format!("## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no \"{section}\" section"))
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// The command lines of a shell script: no blank lines, comments, or lines of the function
+/// that checks the toolchain.
+fn ci_commands(script: &str) -> impl Iterator<Item = &str> {
+    script
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('}'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains("()"))
 }

@@ -1,5 +1,5 @@
 //! The XRPC server's operational surface over a real socket: health, the did:web document,
-//! getVerification, metrics, and the XRPC error conventions (labels-protocol.md §4 "Errors",
+//! getVerification, metrics, and the XRPC error conventions (docs/protocol.md §3.2,
 //! §7).
 
 use atmos_labeler::server::Options;

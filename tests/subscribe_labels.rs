@@ -1,4 +1,4 @@
-//! `com.atproto.label.subscribeLabels` over real sockets: labels-protocol.md §9 items 6 and 7.
+//! `com.atproto.label.subscribeLabels` over real sockets: docs/protocol.md §5 and §6.
 //! Every `#labels` frame received here is decoded with the reference DAG-CBOR codec and its
 //! label's signature verified (see `common::server::decode`).
 

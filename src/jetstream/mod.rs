@@ -1,7 +1,7 @@
 //! The Jetstream consumer: a WebSocket client for the v1 `/subscribe` protocol
 //! (`jetstream.md` §1a, §2, §3, §10), filtered to `email.atmos.attestation`, uncompressed JSON.
 //!
-//! It turns each event into a [`manager::Command`] carrying the event's `time_us` and hands it
+//! It turns each event into a [`Command`] carrying the event's `time_us` and hands it
 //! to the manager; it never writes the cursor itself — the manager commits each event's effect
 //! and the cursor together. Identity and account events arrive for every account on the
 //! network; only those about DIDs we track are passed on, the rest are dropped with a set
@@ -16,7 +16,7 @@
 //! - the socket reader never waits on processing: when the manager's queue is full it
 //!   disconnects, waits for the queue to drain, and resumes from the last event it handed
 //!   over, instead of letting the server's pings go unanswered; the events a rewind sends
-//!   again that were already handed over are dropped here ([`Handed`]), so a burst larger
+//!   again that were already handed over are dropped here (`Handed`), so a burst larger
 //!   than the queue still makes progress;
 //! - malformed frames, unknown kinds and oversized records are logged with the DID and rkey,
 //!   counted, and skipped.

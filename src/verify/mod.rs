@@ -1,7 +1,7 @@
 //! Verification policy: is this DID a verified mail operator for this domain?
 //!
-//! Owns the judgement, not the fetching: [`domain`] (atproto domain control), [`mx`]
-//! (RFC 5321/7505), [`spf`] (RFC 7208), [`dkim`] (RFC 6376/8301/8463) and [`dmarc`] (RFC 7489,
+//! Owns the judgement, not the fetching: `domain` (atproto domain control), `mx`
+//! (RFC 5321/7505), `spf` (RFC 7208), `dkim` (RFC 6376/8301/8463) and `dmarc` (RFC 7489,
 //! RFC 9989) hold pure parsers and judgements over already-fetched answers, unit-tested at
 //! the bottom of each module; this module adds the thin async layer that fetches through
 //! [`crate::dns`] and [`crate::identity`], runs the checks concurrently and assembles a
