@@ -5,12 +5,12 @@
 //! anything about domains (that is [`crate::verify`]); it only fetches, validates shapes and
 //! classifies failures as definitive or transient.
 //!
-//! Specs implemented (see `labels-protocol.md` §3, `mail-dns.md` §5):
-//! - atproto `specs/did`: `did:plc` resolved at `{plc}/{did}`, `did:web` (hostname only, no
+//! Specs implemented (see `docs/protocol.md` §3, `docs/verification.md` §5):
+//! - atproto <https://atproto.com/specs/did>: `did:plc` resolved at `{plc}/{did}`, `did:web` (hostname only, no
 //!   path) at `https://{host}/.well-known/did.json`; the document's `id` must equal the DID;
 //!   the PDS is the `#atproto_pds` service of type `AtprotoPersonalDataServer`; the handle is
 //!   the first syntactically valid `at://` entry of `alsoKnownAs`.
-//! - atproto `specs/handle` syntax for that handle (ASCII, ≤253 chars, ≥2 labels, the last label
+//! - atproto <https://atproto.com/specs/handle> syntax for that handle (ASCII, ≤253 chars, ≥2 labels, the last label
 //!   not starting with a digit), normalised to lowercase.
 //! - XRPC `com.atproto.repo.getRecord` and `com.atproto.sync.getRepoStatus`, with the XRPC error
 //!   body `{"error": …, "message": …}`.
@@ -50,7 +50,7 @@ const CACHE_MAX: usize = 10_000;
 /// `User-Agent` of every request.
 const USER_AGENT: &str = concat!("atmos-labeler/", env!("CARGO_PKG_VERSION"));
 
-/// Service id of the PDS in a DID document (`specs/did`).
+/// Service id of the PDS in a DID document (<https://atproto.com/specs/did>).
 const PDS_SERVICE_ID: &str = "#atproto_pds";
 /// Service type of the PDS.
 const PDS_SERVICE_TYPE: &str = "AtprotoPersonalDataServer";
@@ -84,7 +84,7 @@ pub struct DidDocument {
 
 impl DidDocument {
     /// The first syntactically valid `at://` handle in `alsoKnownAs`, lowercased. Later
-    /// entries are ignored even if the first one does not resolve (`specs/handle`).
+    /// entries are ignored even if the first one does not resolve (<https://atproto.com/specs/handle>).
     pub fn handle(&self) -> Option<String> {
         self.also_known_as
             .iter()
@@ -728,7 +728,7 @@ fn unsupported(did: &str, reason: &str) -> Error {
     }
 }
 
-/// The `did.json` URL of a did:web (`specs/did`: hostname only, no path; a port, written
+/// The `did.json` URL of a did:web (<https://atproto.com/specs/did>: hostname only, no path; a port, written
 /// `%3A`, only for local development).
 fn did_web_url(did: &str, allow_private: bool) -> Result<String, Error> {
     let id = did.strip_prefix("did:web:").unwrap_or_default();

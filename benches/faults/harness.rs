@@ -84,6 +84,8 @@ impl Instance {
             "jetstreamURL": world.jetstream.url(),
             "plcURL": world.plc.url(),
             "dnsServers": [world.dns.addr().to_string()],
+            "confirmDnsServers": [world.dns.addr().to_string()],
+            "dnsCanaries": [crate::common::dns::CANARY],
             "dnsTimeout": "2s",
             "reverifyInterval": reverify,
             "allowPrivateAddresses": true,

@@ -11,7 +11,7 @@
 //!   confirms a withdrawal when no second resolver set is configured, as Let's Encrypt
 //!   validates from more than one place.
 //!
-//! What it implements (see `mail-dns.md` §6–§7):
+//! What it implements (see `docs/verification.md` §6–§7):
 //! - RFC 2308 / RFC 8020 negative answers: NXDOMAIN and NODATA are answers, not errors. Only
 //!   they may count as "absent"; SERVFAIL, REFUSED, FORMERR, timeouts, truncation without a TCP
 //!   retry and I/O errors are all [`Error`] ("could not decide"). hickory 0.26 reports other

@@ -1,5 +1,5 @@
 //! The Jetstream consumer: a WebSocket client for the v1 `/subscribe` protocol
-//! (`jetstream.md` §1a, §2, §3, §10), filtered to `email.atmos.attestation`, uncompressed JSON.
+//! (`docs/jetstream.md` §1, §2, §3, §5), filtered to `email.atmos.attestation`, uncompressed JSON.
 //!
 //! It turns each event into a [`Command`] carrying the event's `time_us` and hands it
 //! to the manager; it never writes the cursor itself — the manager commits each event's effect
@@ -133,9 +133,9 @@ const MAX_HANDED: usize = 65_536;
 /// second). Keyed by `time_us` and a keyed hash of what the event says (DID, kind, and the
 /// commit's rkey, rev and CID or the account's status), so only the same event matches even
 /// where `time_us` is not unique (a v1 endpoint on a JS2 host after a timestamp import,
-/// `jetstream.md` §2; a false match would need a SipHash collision under this process's
+/// `docs/jetstream.md` §2; a false match would need a SipHash collision under this process's
 /// random key at the same microsecond). Events the first session never handed over — the
-/// ones a v1 host drops at its replay→live cutover (`jetstream.md` §3), which is what the
+/// ones a v1 host drops at its replay→live cutover (`docs/jetstream.md` §3), which is what the
 /// rewind is for — are not in the set, so they still go through.
 #[derive(Debug, Default)]
 struct Handed {

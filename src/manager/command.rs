@@ -64,14 +64,14 @@ pub enum Command {
         rkey: String,
     },
     /// Re-read every attestation record of a DID from its PDS: what a DID's queue collapses
-    /// into when it holds more commands than one DID may ([`coalesce`]).
+    /// into when it holds more commands than one DID may (`coalesce`).
     Resync {
         /// The DID.
         did: String,
         /// The oldest `time_us` among the events it absorbed that is still unfinished.
         cursor: Option<i64>,
         /// Jetstream's latest copy of each record it announced (rkey, record, CID), at most
-        /// [`MAX_COPIES`]: kept (never labelled) for records the labeler does not know if the
+        /// `MAX_COPIES`: kept (never labelled) for records the labeler does not know if the
         /// PDS cannot be asked.
         copies: Vec<(String, Value, Option<String>)>,
     },

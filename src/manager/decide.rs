@@ -126,7 +126,7 @@ pub(super) fn held(prev: &Attestation, next: Next, recheck_ms: i64) -> Next {
 /// `verified-mail-operator` while the account is active and any attestation stands;
 /// `relay-member` while, in addition, a standing attestation is a relay member. A label that
 /// should not be held any more is negated with the same (src, uri, cid, val) — the caller's
-/// store gives the negation a new seq (labels-protocol.md §6).
+/// store gives the negation a new seq (docs/protocol.md §6).
 pub(super) fn decide_labels(
     did: &str,
     src: &str,

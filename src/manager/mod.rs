@@ -2,7 +2,7 @@
 //! decisions.
 //!
 //! For every attestation it (1) confirms the record at the author's PDS when
-//! `verifyRecordsAtPds` is on — Jetstream is unauthenticated (`jetstream.md` §7) — (2)
+//! `verifyRecordsAtPds` is on — Jetstream is unauthenticated (`docs/jetstream.md` §4) — (2)
 //! validates it against the lexicon, (3) runs the checks, (4) decides the attestation's new
 //! standing and the DID's labels, and (5) commits the attestation, its report, the labels and
 //! the Jetstream cursor in one store transaction. The live feed publishes the labels once the

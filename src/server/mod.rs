@@ -2,10 +2,10 @@
 //! (WebSocket), the operator's `email.atmos.getVerification`, `/xrpc/_health`, the did:web
 //! document and `/metrics`.
 //!
-//! Specs implemented: `spec:/specs/xrpc` (errors, parameters, unknown methods → 501),
-//! `spec:/specs/event-stream` (framing, cursors, errors), `spec:/specs/label` (label
+//! Specs implemented: <https://atproto.com/specs/xrpc> (errors, parameters, unknown methods → 501),
+//! <https://atproto.com/specs/event-stream> (framing, cursors, errors), <https://atproto.com/specs/label> (label
 //! distribution endpoints, labeler identity); the details and the reasoning are in
-//! `labels-protocol.md` §3.2, §4, §5 and §7.
+//! `docs/protocol.md` §3.2, §4, §5 and §7.
 //!
 //! Layout: `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
 //! one task that publishes committed labels to subscribers), `status` (health, DID document,

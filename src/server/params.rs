@@ -1,8 +1,8 @@
 //! XRPC query parameters, parsed from the raw query string.
 //!
-//! `spec:/specs/xrpc` "Lexicon HTTP Endpoints": array parameters repeat their key
+//! <https://atproto.com/specs/xrpc> "Lexicon HTTP Endpoints": array parameters repeat their key
 //! (`?uriPatterns=a&uriPatterns=b`). axum's `Query` goes through `serde_urlencoded`, which
-//! cannot collect repeated keys (labels-protocol.md §4, "Rust pitfalls"), so the string is
+//! cannot collect repeated keys (docs/protocol.md §4), so the string is
 //! split and percent-decoded here. Decoding borrows when nothing is escaped, which is the
 //! common case for DIDs.
 

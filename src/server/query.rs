@@ -1,4 +1,4 @@
-//! `com.atproto.label.queryLabels` (labels-protocol.md §4; lexicon
+//! `com.atproto.label.queryLabels` (docs/protocol.md §4; lexicon
 //! `com/atproto/label/queryLabels.json`).
 //!
 //! - `uriPatterns` (required, repeated): an exact subject, or a prefix ending in `*` that

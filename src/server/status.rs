@@ -1,5 +1,5 @@
 //! The operational endpoints: `/xrpc/_health`, `/.well-known/did.json`, `/metrics` and
-//! `email.atmos.getVerification` (labels-protocol.md §3.2, §7).
+//! `email.atmos.getVerification` (docs/protocol.md §3.2, §7).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,7 +35,7 @@ pub(crate) async fn health(State(shared): State<Arc<Shared>>) -> Response {
 /// The did:web document for `labeler_did`, or `None` when the DID is not a did:web of a bare
 /// host (a did:web with a path is served under that path, not `/.well-known`).
 ///
-/// `spec:/specs/label` "Labeler Service Identity", `spec:/specs/did`: one `#atproto_label`
+/// <https://atproto.com/specs/label> "Labeler Service Identity", <https://atproto.com/specs/did>: one `#atproto_label`
 /// Multikey verification method and one `#atproto_labeler` service at `https://<host>`, no
 /// path. The port, if any, is percent-encoded in the DID (`did:web:localhost%3A8080`).
 pub(crate) fn did_document(did: &str, multikey: &str) -> Option<String> {

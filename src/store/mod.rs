@@ -10,7 +10,7 @@
 //! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), and a
 //! small pool of read connections. Read connections enable SQLite's query planner stability
 //! guarantee (QPSG): without it rusqlite's statement cache re-prepares every statement whose
-//! plan looked at a bound value, which halves lookup throughput (`performance.md`).
+//! plan looked at a bound value, which halves lookup throughput (`docs/performance.md` §2).
 //!
 //! Methods are synchronous; async callers go through [`Store::call`], which runs them on the
 //! blocking pool so the runtime's workers never wait on disk or locks.

@@ -15,7 +15,7 @@ const MIGRATIONS: &[&str] = &[
     -- Current labels: one row per (src, uri, cid, val), cid '' when absent (SQLite treats
     -- NULLs as distinct in UNIQUE). Replacing a label deletes the old row and inserts a new one,
     -- so it gets a new seq and the old event leaves the backfill: the Ozone model
-    -- (labels-protocol.md §6). AUTOINCREMENT guarantees a seq is never reused, even after the
+    -- (docs/protocol.md §6). AUTOINCREMENT guarantees a seq is never reused, even after the
     -- highest row is replaced.
     CREATE TABLE labels (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,7 +70,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attestations_due ON attestations (next_check_ms);
 
     -- Latest applied repo revision per record, deletes included (tombstones), so replayed or
-    -- reordered Jetstream events older than what was applied are ignored (jetstream.md §10.2).
+    -- reordered Jetstream events older than what was applied are ignored (docs/jetstream.md §5.2).
     CREATE TABLE record_revs (
         did TEXT NOT NULL,
         rkey TEXT NOT NULL,

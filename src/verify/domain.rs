@@ -1,4 +1,4 @@
-//! Domain control (atproto `specs/handle`, `mail-dns.md` §5): does the attested domain point
+//! Domain control (atproto <https://atproto.com/specs/handle>, `docs/verification.md` §5): does the attested domain point
 //! at the attesting DID?
 //!
 //! - DNS TXT method: at `_atproto.<domain>`, among TXT values that start exactly with `did=`

@@ -7,7 +7,7 @@
 //! [`crate::dns`] and [`crate::identity`], runs the checks concurrently and assembles a
 //! [`Report`].
 //!
-//! The asymmetry of `mail-dns.md` §6 is built in: every check answers pass, fail or could not
+//! The asymmetry of `docs/verification.md` §6 is built in: every check answers pass, fail or could not
 //! decide. Only NXDOMAIN, NODATA and records that are present but bad fail; any DNS error or
 //! transient identity failure is "could not decide" and can never fail a check on its own.
 //! The verdict passes only if every check passes.

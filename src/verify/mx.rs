@@ -2,7 +2,7 @@
 //! whose target is a host name with a public address.
 //!
 //! - NXDOMAIN or no MX records fail: a verified mail operator publishes an explicit MX (the
-//!   RFC 5321 implicit MX is not accepted, `mail-dns.md` §4).
+//!   RFC 5321 implicit MX is not accepted, `docs/verification.md` §4).
 //! - A null MX (`0 .`, RFC 7505 §3) fails: the domain declares it accepts no mail; a null MX
 //!   mixed with other MX records is malformed and fails too.
 //! - Each target must be a host name, not an IP literal (RFC 5321 §5.1: "the MX data MUST be a
