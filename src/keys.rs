@@ -15,7 +15,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use k256::ecdsa::signature::{Signer, Verifier};
+use k256::ecdsa::signature::{Signer as _, Verifier};
 use k256::ecdsa::{Signature, SigningKey as K256Key, VerifyingKey};
 use k256::elliptic_curve::Generate;
 use zeroize::Zeroizing;
@@ -60,6 +60,35 @@ pub enum Error {
     /// A signature did not verify (bad length, high-S, or wrong key or message).
     #[error("signature does not verify")]
     BadSignature,
+    /// A key file could not be moved into place during a rotation.
+    #[error("cannot move {from} to {to}")]
+    Rename {
+        /// The file moved.
+        from: PathBuf,
+        /// Where it was to go.
+        to: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// A rotation is staged already (its new key file exists).
+    #[error(
+        "a key rotation is already under way: {0} exists (start the daemon or run the rotation \
+         again to finish it, or remove the file if no rotation was committed)"
+    )]
+    RotationStaged(PathBuf),
+    /// The key file does not hold the key the database says is active.
+    #[error(
+        "signing key {path} is {found}, but the database's active key is {active}; restore the \
+         key file that matches, or rotate again"
+    )]
+    NotActive {
+        /// The key file.
+        path: PathBuf,
+        /// Its did:key.
+        found: String,
+        /// The active did:key recorded in the database.
+        active: String,
+    },
 }
 
 /// The labeler's signing key.
@@ -171,6 +200,164 @@ impl SigningKey {
         let mut out = [0u8; 64];
         out.copy_from_slice(&sig.to_bytes());
         out
+    }
+}
+
+/// Where a rotation stages the new key until the database has committed to it.
+pub fn staged_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    path.with_file_name(name)
+}
+
+/// Where a rotation keeps the retired key: beside the key file, under a name that is never
+/// loaded again (`signing.key.retired-<unix seconds>`).
+pub fn retired_path(path: &Path, unix_secs: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".retired-{unix_secs}"));
+    path.with_file_name(name)
+}
+
+/// Phase one of a rotation: a new key, written (0600, never overwriting) to
+/// [`staged_path`]. Nothing loads it until [`finish_rotation`] moves it into place.
+pub fn stage_rotation(path: &Path) -> Result<SigningKey, Error> {
+    let staged = staged_path(path);
+    if staged.exists() {
+        return Err(Error::RotationStaged(staged));
+    }
+    let key = SigningKey::generate()?;
+    let create_err = |source| Error::Create {
+        path: staged.clone(),
+        source,
+    };
+    let mut file = open_new_private(&staged).map_err(create_err)?;
+    let hex = Zeroizing::new(format!(
+        "{}\n",
+        data_encoding::HEXLOWER.encode(&key.inner.to_bytes())
+    ));
+    file.write_all(hex.as_bytes()).map_err(create_err)?;
+    file.sync_all().map_err(create_err)?;
+    Ok(key)
+}
+
+/// Phase three (after the database committed to the staged key): moves the current key to
+/// [`retired_path`] and the staged one into place. Returns where the retired key went.
+pub fn finish_rotation(path: &Path, unix_secs: u64) -> Result<PathBuf, Error> {
+    let staged = staged_path(path);
+    let retired = retired_path(path, unix_secs);
+    let rename = |from: &Path, to: &Path| {
+        fs::rename(from, to).map_err(|source| Error::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source,
+        })
+    };
+    if retired.exists() {
+        return Err(Error::Rename {
+            from: path.to_owned(),
+            to: retired.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        });
+    }
+    rename(path, &retired)?;
+    rename(&staged, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(retired)
+}
+
+impl SigningKey {
+    /// Loads the key the database says is active (`active`, a did:key), finishing a rotation
+    /// that committed but did not move its files (the staged key is the active one). With no
+    /// active key recorded, the file's key is it.
+    pub fn load_active(path: &Path, active: Option<&str>) -> Result<SigningKey, Error> {
+        let key = SigningKey::load(path)?;
+        let Some(active) = active.filter(|a| *a != key.did_key()) else {
+            return Ok(key);
+        };
+        let staged = staged_path(path);
+        if staged.exists() {
+            let next = SigningKey::load(&staged)?;
+            if next.did_key() == active {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let retired = finish_rotation(path, secs)?;
+                tracing::warn!(retired = %retired.display(),
+                    "finished a key rotation that had committed without moving its files");
+                return Ok(next);
+            }
+        }
+        Err(Error::NotActive {
+            path: path.to_owned(),
+            found: key.did_key().to_owned(),
+            active: active.to_owned(),
+        })
+    }
+}
+
+/// The key a process signs with and the `src` it signs as, shared by everything in the
+/// process that signs or publishes the labeler's key.
+///
+/// The database records which key is active, and every signing transaction checks it: a
+/// process that finds another key active (a `labeler key rotate` ran) reloads the key file
+/// through [`Signer::reload`] and signs again, so no process signs with a retired key once the
+/// rotation has committed, and a running daemon follows a rotation without a restart.
+#[derive(Debug)]
+pub struct Signer {
+    path: PathBuf,
+    labeler_did: Option<String>,
+    current: std::sync::RwLock<std::sync::Arc<Identity>>,
+}
+
+/// A key and the `src` it signs as.
+#[derive(Debug)]
+pub struct Identity {
+    /// The key.
+    pub key: SigningKey,
+    /// `labelerDid`, or the key's did:key when that is unset.
+    pub src: String,
+}
+
+impl Signer {
+    /// A signer for `key`, loaded from `path`. `labeler_did` is the configured `labelerDid`.
+    pub fn new(path: &Path, labeler_did: Option<String>, key: SigningKey) -> Signer {
+        let src = labeler_did
+            .clone()
+            .unwrap_or_else(|| key.did_key().to_owned());
+        Signer {
+            path: path.to_owned(),
+            labeler_did,
+            current: std::sync::RwLock::new(std::sync::Arc::new(Identity { key, src })),
+        }
+    }
+
+    /// The current key and `src`.
+    pub fn current(&self) -> std::sync::Arc<Identity> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Loads the key the database says is active (`active`) from the key file and makes it
+    /// current.
+    pub fn reload(&self, active: &str) -> Result<std::sync::Arc<Identity>, Error> {
+        let key = SigningKey::load_active(&self.path, Some(active))?;
+        let src = self
+            .labeler_did
+            .clone()
+            .unwrap_or_else(|| key.did_key().to_owned());
+        tracing::info!(key = %key.did_key(), %src, "signing key rotated; signing with the new key");
+        let id = std::sync::Arc::new(Identity { key, src });
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = id.clone();
+        Ok(id)
     }
 }
 

@@ -3,21 +3,30 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, Transaction, params};
 
+use super::attestations::now_ms;
 use super::{Error, Store};
 use crate::label::{LabelRef, SignedLabel};
 
 /// Columns in the order [`borrow_row`] reads them.
 const COLUMNS: &str = "seq, src, uri, cid, val, neg, cts, exp, sig";
 
-/// Current labels after a seq, in seq order: backfill pages and the live feed.
+/// Current labels after a seq, in seq order: backfill pages and the live feed. Expired labels
+/// are left out: <https://atproto.com/specs/label> "Expiration": they are not to be served.
 const AFTER_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig FROM labels \
-     WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+     WHERE seq > ?1 AND (exp_ms IS NULL OR exp_ms > ?3) ORDER BY seq LIMIT ?2";
 
 /// The hot queryLabels statement: one exact subject, no `sources` filter. Served from the
 /// statement cache; the read connections' QPSG keeps it from being re-prepared on every use
 /// (`docs/performance.md` §2; `exact_lookups_are_never_re_prepared` guards it).
 pub(crate) const EXACT_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig \
-     FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+     FROM labels WHERE uri = ?1 AND seq > ?2 AND (exp_ms IS NULL OR exp_ms > ?4) \
+     ORDER BY seq LIMIT ?3";
+
+/// The condition that leaves out expired labels, for statements built at run time (`?N` is
+/// the current time in unix ms).
+fn unexpired(n: usize) -> String {
+    format!(" AND (exp_ms IS NULL OR exp_ms > ?{n})")
+}
 
 /// A label as stored: its seq and the signed label.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,8 +107,8 @@ pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Er
     tx.prepare_cached("DELETE FROM labels WHERE src = ?1 AND uri = ?2 AND cid = ?3 AND val = ?4")?
         .execute(params![x.src, x.uri, cid, x.val])?;
     tx.prepare_cached(
-        "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig, exp_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CAST(unixepoch(?7, 'subsec') * 1000 AS INTEGER))",
     )?
     .execute(params![
         x.src,
@@ -193,7 +202,7 @@ impl Store {
     ) -> Result<usize, Error> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(AFTER_SQL)?;
-            let mut rows = stmt.query(params![after, limit as i64])?;
+            let mut rows = stmt.query(params![after, limit as i64, now_ms()])?;
             let mut n = 0;
             while let Some(r) = rows.next()? {
                 let (seq, label, sig) = borrow_row(r)?;
@@ -264,7 +273,7 @@ pub(crate) fn labels_after(
     limit: usize,
 ) -> Result<Vec<StoredLabel>, Error> {
     let mut stmt = c.prepare_cached(AFTER_SQL)?;
-    collect_rows(&mut stmt, params![after, limit as i64])
+    collect_rows(&mut stmt, params![after, limit as i64, now_ms()])
 }
 
 /// Borrows one `labels` row (columns in [`COLUMNS`] order) as `(seq, label, sig)` without
@@ -402,7 +411,7 @@ fn query_rows(
     // The common case, a relay asking about one DID, gets a fixed statement.
     if let ([UriPattern::Exact(uri)], []) = (q.patterns.as_slice(), q.sources.as_slice()) {
         let mut stmt = c.prepare_cached(EXACT_SQL)?;
-        let mut rows = stmt.query(params![uri, q.after, q.limit as i64])?;
+        let mut rows = stmt.query(params![uri, q.after, q.limit as i64, now_ms()])?;
         while let Some(r) = rows.next()? {
             each(r)?;
         }
@@ -471,14 +480,16 @@ fn scan_rows(
     mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let limit = limit as i64;
-    // ?1 is the cursor; the rest are numbered as they are pushed.
-    let mut args: Vec<&dyn ToSql> = vec![&after];
+    let now = now_ms();
+    // ?1 is the cursor, ?2 the time; the rest are numbered as they are pushed.
+    let mut args: Vec<&dyn ToSql> = vec![&after, &now];
     let mut sql = if all_exact {
         let uris = q.patterns.iter().map(|p| match p {
             UriPattern::Exact(u) | UriPattern::Prefix(u) => u as &dyn ToSql,
         });
         let mut sql = format!(
-            "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND uri IN ({})",
+            "SELECT {COLUMNS} FROM labels WHERE seq > ?1{} AND uri IN ({})",
+            unexpired(2),
             push_marks(&mut args, uris)
         );
         if !q.sources.is_empty() {
@@ -488,7 +499,10 @@ fn scan_rows(
         sql
     } else {
         let f = filter(&mut args, q, bounds, match_all, "+");
-        format!("SELECT {COLUMNS} FROM labels WHERE seq > ?1{f}")
+        format!(
+            "SELECT {COLUMNS} FROM labels WHERE seq > ?1{}{f}",
+            unexpired(2)
+        )
     };
     args.push(&limit);
     sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
@@ -511,11 +525,13 @@ fn quick_rows(
     mut each: impl FnMut(&Row<'_>) -> Result<(), Error>,
 ) -> Result<usize, Error> {
     let limit = q.limit as i64;
-    let mut args: Vec<&dyn ToSql> = vec![&q.after, &end];
+    let now = now_ms();
+    let mut args: Vec<&dyn ToSql> = vec![&q.after, &end, &now];
     let f = filter(&mut args, q, bounds, match_all, "+");
     args.push(&limit);
     let sql = format!(
-        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND seq <= ?2{f} ORDER BY seq LIMIT ?{}",
+        "SELECT {COLUMNS} FROM labels WHERE seq > ?1 AND seq <= ?2{}{f} ORDER BY seq LIMIT ?{}",
+        unexpired(3),
         args.len()
     );
     let mut stmt = c.prepare_cached(&sql)?;
@@ -542,6 +558,9 @@ fn lowest_from_index(
     cap: usize,
 ) -> Result<Option<Vec<i64>>, Error> {
     // The lowest seqs seen. A set, because a label matching two patterns is read twice.
+    // Expired labels are skipped (reading `exp_ms` costs a row lookup per entry; the cap
+    // bounds it).
+    let now = now_ms();
     let mut lowest = std::collections::BTreeSet::new();
     let mut read = 0;
     let mut take =
@@ -553,6 +572,10 @@ fn lowest_from_index(
                     return Ok(false);
                 }
                 let seq: i64 = r.get(0)?;
+                let exp_ms: Option<i64> = r.get(1)?;
+                if exp_ms.is_some_and(|e| e <= now) {
+                    continue;
+                }
                 let wanted = lowest.len() < limit || lowest.last().is_some_and(|&m| seq < m);
                 if seq > after && wanted && lowest.insert(seq) && lowest.len() > limit {
                     lowest.pop_last();
@@ -573,8 +596,9 @@ fn lowest_from_index(
         format!(" AND src IN ({})", marks.join(", "))
     };
     if match_all {
-        let mut stmt =
-            c.prepare_cached("SELECT seq FROM labels INDEXED BY labels_key WHERE src = ?1")?;
+        let mut stmt = c.prepare_cached(
+            "SELECT seq, exp_ms FROM labels INDEXED BY labels_key WHERE src = ?1",
+        )?;
         for s in &q.sources {
             if !take(&mut stmt, &[s])? {
                 return Ok(None);
@@ -585,14 +609,14 @@ fn lowest_from_index(
             let (sql, mut args): (String, Vec<&dyn ToSql>) = match (p, hi) {
                 (UriPattern::Exact(u), _) => (
                     format!(
-                        "SELECT seq FROM labels INDEXED BY labels_uri WHERE uri = ?1{}",
+                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_uri WHERE uri = ?1{}",
                         src_filter(2)
                     ),
                     vec![u],
                 ),
                 (UriPattern::Prefix(lo), Some(hi)) => (
                     format!(
-                        "SELECT seq FROM labels INDEXED BY labels_uri \
+                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_uri \
                          WHERE uri >= ?1 AND uri < ?2{}",
                         src_filter(3)
                     ),

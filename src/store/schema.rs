@@ -109,6 +109,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (did, rkey)
     ) WITHOUT ROWID;
     "#,
+    // v4: the key every signing transaction checks (a rotation by another process is seen
+    // before anything is signed with the retired key), and each label's expiry as unix ms so
+    // expired labels are left out of reads with one comparison whatever the datetime's form.
+    r#"
+    CREATE TABLE signing_keys (
+        did_key TEXT PRIMARY KEY,
+        activated_ms INTEGER NOT NULL,
+        retired_ms INTEGER
+    ) WITHOUT ROWID;
+    ALTER TABLE labels ADD COLUMN exp_ms INTEGER;
+    UPDATE labels SET exp_ms = CAST(unixepoch(exp, 'subsec') * 1000 AS INTEGER)
+        WHERE exp IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

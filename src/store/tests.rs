@@ -348,7 +348,9 @@ fn exact_lookups_are_never_re_prepared() {
     let plain = rusqlite::Connection::open(store.path()).unwrap();
     for _ in 0..10 {
         let mut stmt = plain.prepare_cached(EXACT_SQL).unwrap();
-        let mut rows = stmt.query(rusqlite::params!["did:plc:3", 0, 50]).unwrap();
+        let mut rows = stmt
+            .query(rusqlite::params!["did:plc:3", 0, 50, 0])
+            .unwrap();
         while rows.next().unwrap().is_some() {}
     }
     let stmt = plain.prepare_cached(EXACT_SQL).unwrap();
@@ -539,4 +541,62 @@ fn every_query_plan_agrees_with_a_brute_force_filter() {
         }
     }
     assert!(answered_quickly > 0);
+}
+
+#[test]
+fn expired_labels_are_left_out_of_every_read() {
+    let (_d, store) = temp_store();
+    let with_exp = |uri: &str, exp: &str| {
+        Label {
+            src: key().did_key().to_owned(),
+            uri: uri.to_owned(),
+            cid: None,
+            val: "spam".to_owned(),
+            neg: false,
+            cts: crate::label::now_cts(),
+            exp: Some(exp.to_owned()),
+        }
+        .sign(&key())
+    };
+    store
+        .write_labels(&[
+            with_exp("did:plc:gone", "2020-01-01T00:00:00.000Z"),
+            // An offset form expires by the instant it names, not by its text.
+            with_exp("did:plc:gone2", "2020-01-01T05:00:00+02:00"),
+            with_exp("did:plc:live", "2999-01-01T00:00:00Z"),
+            label("did:plc:forever", "spam", false),
+        ])
+        .unwrap();
+    let uris = |labels: Vec<StoredLabel>| -> Vec<String> {
+        labels.into_iter().map(|l| l.signed.label.uri).collect()
+    };
+    let query = |patterns: Vec<UriPattern>| {
+        uris(
+            store
+                .query_labels(&LabelQuery {
+                    patterns,
+                    sources: vec![],
+                    after: 0,
+                    limit: 50,
+                })
+                .unwrap(),
+        )
+    };
+    let live = vec!["did:plc:live".to_owned(), "did:plc:forever".to_owned()];
+    assert_eq!(query(vec![UriPattern::Prefix(String::new())]), live);
+    assert_eq!(query(vec![UriPattern::Prefix("did:plc:".into())]), live);
+    assert!(query(vec![UriPattern::Exact("did:plc:gone".into())]).is_empty());
+    assert!(
+        query(vec![
+            UriPattern::Exact("did:plc:gone".into()),
+            UriPattern::Exact("did:plc:gone2".into())
+        ])
+        .is_empty()
+    );
+    assert_eq!(uris(store.labels_after(0, 50).unwrap()), live);
+    let mut visited = Vec::new();
+    store
+        .visit_after(0, 50, |_, l, _| visited.push(l.uri.to_owned()))
+        .unwrap();
+    assert_eq!(visited, live);
 }
