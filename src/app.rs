@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -16,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::health::Health;
-use crate::keys::{self, SigningKey};
+use crate::keys::{self, Signer, SigningKey};
 use crate::manager::{self, Manager};
 use crate::store::Store;
-use crate::{dns, identity, jetstream, scheduler, server, telemetry, verify};
+use crate::{dns, identity, jetstream, lifecycle, scheduler, server, telemetry, verify};
 
 /// How long components get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +40,9 @@ pub enum Error {
     /// Database problem.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// Moving the labels to a new labeler DID failed.
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::Error),
     /// The state directory is missing.
     #[error("state directory {0} does not exist; run `labeler -init` first")]
     NoState(PathBuf),
@@ -226,9 +230,25 @@ pub async fn start(
     if !config.state_dir.is_dir() {
         return Err(Error::NoState(config.state_dir.clone()));
     }
-    let key = SigningKey::load(&config.signing_key_path)?;
-    let did = config.src_did(&key);
     let store = Store::open(&config.db_path())?;
+    let active = store.active_key()?;
+    let key = SigningKey::load_active(&config.signing_key_path, active.as_deref())?;
+    store.adopt_key(key.did_key())?;
+    let signer = Arc::new(Signer::new(
+        &config.signing_key_path,
+        config.labeler_did.clone(),
+        key.clone(),
+    ));
+    let did = signer.current().src.clone();
+    // A new labeler DID (labelerDid set or changed): move the labels to it before serving.
+    let moved = lifecycle::move_src(&store, &signer.current())?;
+    if moved.written > 0 {
+        tracing::warn!(
+            src = %did,
+            reissued = moved.written / 2,
+            "labeler DID changed: re-issued every current label under it and negated the old ones"
+        );
+    }
     let cursor = store.cursor()?;
     let addr = listener.local_addr().map_err(|source| Error::Listen {
         addr: config.listen_addr,
@@ -263,15 +283,15 @@ pub async fn start(
         store.clone(),
         checker,
         identity,
-        key.clone(),
+        signer,
         manager::Options {
-            src: did.clone(),
             verify_records_at_pds: config.verify_records_at_pds,
             relay_enabled: config.relay_spf_include.is_some(),
             reverify_interval: config.reverify_interval,
             stale_after: config.stale_after,
             concurrency: config.verify_concurrency,
             verify_deadline: config.verify_deadline,
+            label_ttl: config.label_ttl,
             account_retry: tuning.account_retry,
             clock: tuning.clock,
         },

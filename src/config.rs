@@ -123,6 +123,10 @@ pub struct RawConfig {
     pub breaker_window: Option<String>,
     /// `breakerMaxHold`, default `24h`.
     pub breaker_max_hold: Option<String>,
+    /// `labelTtl`, default `7d`; `"0"` means no expiry.
+    pub label_ttl: Option<String>,
+    /// `labelerPds`, default unset: the PDS of the labeler's own account.
+    pub labeler_pds: Option<String>,
 }
 
 /// Names that exist, resolved to tell whether the labeler's own resolver works (the guard's
@@ -184,6 +188,10 @@ pub struct Config {
     pub breaker_window: Duration,
     /// Longest the breaker holds withdrawals.
     pub breaker_max_hold: Duration,
+    /// How long a positive label is valid; `None`: no expiry.
+    pub label_ttl: Option<Duration>,
+    /// The PDS of the labeler's own account, served as `#atproto_pds` in the did:web document.
+    pub labeler_pds: Option<String>,
 }
 
 impl Default for Config {
@@ -315,6 +323,44 @@ impl Config {
             Some(n) => usize::try_from(n).map_err(|_| invalid(field, "is too large".to_owned())),
         };
 
+        let reverify_interval = duration("reverifyInterval", raw.reverify_interval.clone(), "24h")?;
+        let stale_after = duration("staleAfter", raw.stale_after.clone(), "72h")?;
+        // A label must outlive the re-checks that renew it: one is due every
+        // reverifyInterval and renews once less than half the TTL remains, and an attestation
+        // may go staleAfter without a definitive answer before its label is withdrawn.
+        let label_ttl = match raw.label_ttl.as_deref() {
+            Some("0") => None,
+            other => {
+                let ttl = duration("labelTtl", other.map(str::to_owned), "7d")?;
+                let floor = reverify_interval
+                    .saturating_mul(2)
+                    .max(stale_after.saturating_add(reverify_interval));
+                if ttl <= floor {
+                    return Err(invalid(
+                        "labelTtl",
+                        format!(
+                            "{} could lapse before it is renewed: it must be longer than twice \
+                             reverifyInterval ({}) and than staleAfter + reverifyInterval ({}), \
+                             or \"0\" for labels that never expire",
+                            humantime::format_duration(ttl),
+                            humantime::format_duration(reverify_interval.saturating_mul(2)),
+                            humantime::format_duration(
+                                stale_after.saturating_add(reverify_interval)
+                            ),
+                        ),
+                    ));
+                }
+                Some(ttl)
+            }
+        };
+        let labeler_pds = match raw.labeler_pds {
+            None => None,
+            Some(url) => {
+                check_url(&url, &["https", "http"]).map_err(|m| invalid("labelerPds", m))?;
+                Some(url.trim_end_matches('/').to_owned())
+            }
+        };
+
         let state_dir = PathBuf::from(raw.state_dir.unwrap_or_else(|| "./state".to_owned()));
         if state_dir.as_os_str().is_empty() {
             return Err(invalid("stateDir", "must not be empty".to_owned()));
@@ -332,7 +378,7 @@ impl Config {
             state_dir,
             jetstream_url,
             signing_key_path,
-            reverify_interval: duration("reverifyInterval", raw.reverify_interval, "24h")?,
+            reverify_interval,
             labeler_did: raw.labeler_did,
             plc_url,
             dns_servers,
@@ -342,7 +388,7 @@ impl Config {
                 .map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
             verify_records_at_pds: raw.verify_records_at_pds.unwrap_or(true),
             log_format,
-            stale_after: duration("staleAfter", raw.stale_after, "72h")?,
+            stale_after,
             max_subscribers: positive("maxSubscribers", raw.max_subscribers, 1000)?,
             verify_concurrency: positive("verifyConcurrency", raw.verify_concurrency, 16)?,
             allow_private_addresses: raw.allow_private_addresses.unwrap_or(false),
@@ -351,6 +397,8 @@ impl Config {
             verify_deadline: duration("verifyDeadline", raw.verify_deadline, "60s")?,
             breaker_window: duration("breakerWindow", raw.breaker_window, "1h")?,
             breaker_max_hold: duration("breakerMaxHold", raw.breaker_max_hold, "24h")?,
+            label_ttl,
+            labeler_pds,
         })
     }
 

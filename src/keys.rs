@@ -210,11 +210,20 @@ pub fn staged_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Where a rotation keeps the retired key: beside the key file, under a name that is never
-/// loaded again (`signing.key.retired-<unix seconds>`).
-pub fn retired_path(path: &Path, unix_secs: u64) -> PathBuf {
+/// Where a rotation keeps the retired key `old` (a did:key): beside the key file, under a
+/// name that is never loaded again and that every process finishing the rotation agrees on
+/// (`signing.key.retired-<end of its did:key>`).
+pub fn retired_path(path: &Path, old: &str) -> PathBuf {
+    let tail: String = old
+        .chars()
+        .rev()
+        .take(12)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".retired-{unix_secs}"));
+    name.push(format!(".retired-{tail}"));
     path.with_file_name(name)
 }
 
@@ -240,27 +249,42 @@ pub fn stage_rotation(path: &Path) -> Result<SigningKey, Error> {
     Ok(key)
 }
 
-/// Phase three (after the database committed to the staged key): moves the current key to
-/// [`retired_path`] and the staged one into place. Returns where the retired key went.
-pub fn finish_rotation(path: &Path, unix_secs: u64) -> Result<PathBuf, Error> {
+/// Phase three (after the database committed to the staged key): moves the retired key `old`
+/// to [`retired_path`] and the staged one into place. Idempotent: two processes finishing
+/// the same rotation (the CLI that ran it and a daemon that saw it) end in the same state.
+/// Returns where the retired key is.
+pub fn finish_rotation(path: &Path, old: &str) -> Result<PathBuf, Error> {
     let staged = staged_path(path);
-    let retired = retired_path(path, unix_secs);
-    let rename = |from: &Path, to: &Path| {
-        fs::rename(from, to).map_err(|source| Error::Rename {
-            from: from.to_owned(),
-            to: to.to_owned(),
-            source,
-        })
+    let retired = retired_path(path, old);
+    let done = || !staged.exists() && retired.exists() && path.exists();
+    let rename = |from: &Path, to: &Path| -> Result<(), Error> {
+        if to.exists() && from.exists() {
+            return Err(Error::Rename {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        match fs::rename(from, to) {
+            Ok(()) => Ok(()),
+            // Another process moved it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => Ok(()),
+            Err(source) => Err(Error::Rename {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                source,
+            }),
+        }
     };
-    if retired.exists() {
-        return Err(Error::Rename {
-            from: path.to_owned(),
-            to: retired.clone(),
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        });
+    if done() {
+        return Ok(retired);
     }
-    rename(path, &retired)?;
-    rename(&staged, path)?;
+    if !retired.exists() {
+        rename(path, &retired)?;
+    }
+    if staged.exists() {
+        rename(&staged, path)?;
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(d) = fs::File::open(dir)
     {
@@ -282,10 +306,7 @@ impl SigningKey {
         if staged.exists() {
             let next = SigningKey::load(&staged)?;
             if next.did_key() == active {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let retired = finish_rotation(path, secs)?;
+                let retired = finish_rotation(path, key.did_key())?;
                 tracing::warn!(retired = %retired.display(),
                     "finished a key rotation that had committed without moving its files");
                 return Ok(next);

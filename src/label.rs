@@ -291,6 +291,26 @@ pub fn parse_expiry(s: &str) -> Result<String, Error> {
     }
 }
 
+/// An atproto datetime as unix milliseconds: `Z` or a numeric offset, with or without
+/// fractional seconds. `None` when it is not one ([`crate::syntax::is_datetime`]).
+pub fn datetime_ms(s: &str) -> Option<i64> {
+    if !crate::syntax::is_datetime(s) {
+        return None;
+    }
+    let (base, offset_s) = if let Some(b) = s.strip_suffix('Z') {
+        (b, 0i64)
+    } else {
+        let (b, tz) = s.split_at(s.len() - 6);
+        let sign = if tz.starts_with('-') { -1 } else { 1 };
+        let h: i64 = tz[1..3].parse().ok()?;
+        let m: i64 = tz[4..6].parse().ok()?;
+        (b, sign * (h * 3600 + m * 60))
+    };
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    let ms = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(ms - offset_s * 1000)
+}
+
 /// `now + d` formatted as a datetime; used for label expiries computed from a duration.
 pub fn datetime_after(d: Duration) -> String {
     format_datetime(SystemTime::now() + d)
@@ -387,6 +407,15 @@ mod tests {
         ] {
             assert!(validate_value(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn datetimes_convert_to_the_instant_they_name() {
+        assert_eq!(datetime_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(datetime_ms("1970-01-01T00:00:01.250Z"), Some(1250));
+        assert_eq!(datetime_ms("1970-01-01T02:00:00+02:00"), Some(0));
+        assert_eq!(datetime_ms("1970-01-01T00:00:00-01:00"), Some(3_600_000));
+        assert_eq!(datetime_ms("yesterday"), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod jetstream;
 pub mod keys;
 pub mod label;
+pub mod lifecycle;
 pub mod manager;
 pub mod scheduler;
 pub mod server;

@@ -27,7 +27,11 @@ async fn a_good_attestation_yields_a_signed_label_on_the_stream_and_in_query_lab
     assert_eq!(label.val, VMO);
     assert_eq!(label.src, key().did_key());
     assert_eq!(labeler.did, key().did_key());
-    assert!(label.neg.is_none() && label.cid.is_none() && label.exp.is_none());
+    assert!(label.neg.is_none() && label.cid.is_none());
+    // It lapses unless renewed: exp = the passing check + labelTtl (7 days by default).
+    let ms = |s: &str| atmos_labeler::label::datetime_ms(s).unwrap();
+    let exp = label.exp.as_deref().expect("a positive label carries exp");
+    assert_eq!(ms(exp) - ms(&label.cts), 7 * 24 * 3600 * 1000);
 
     let body = labeler
         .get("/xrpc/com.atproto.label.queryLabels?uriPatterns=did:plc:alice")

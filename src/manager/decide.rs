@@ -122,18 +122,44 @@ pub(super) fn held(prev: &Attestation, next: Next, recheck_ms: i64) -> Next {
     }
 }
 
+/// How labels are issued: which values, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Policy {
+    /// Whether `relay-member` is issued at all.
+    pub(super) relay_enabled: bool,
+    /// How long a positive label is valid (`labelTtl`); `None`: no expiry.
+    pub(super) ttl: Option<std::time::Duration>,
+    /// Now (wall clock): `cts` and the expiry count from it.
+    pub(super) now: std::time::SystemTime,
+}
+
 /// Which labels change for `did` once `changes` apply on top of `state`:
 /// `verified-mail-operator` while the account is active and any attestation stands;
 /// `relay-member` while, in addition, a standing attestation is a relay member. A label that
 /// should not be held any more is negated with the same (src, uri, cid, val) — the caller's
 /// store gives the negation a new seq (docs/protocol.md §6).
+///
+/// Positive labels carry `exp` = now + `ttl` (<https://atproto.com/specs/label>, `exp`): a
+/// labeler that stops re-checking stops vouching within `ttl`. A commit with a passing verdict
+/// re-signs a held label (new `cts`, `exp`, seq) once less than half of `ttl` remains — not at
+/// every re-check, since subscribers and mirrors receive every renewal. An expired label is no
+/// longer held, so it is issued again when it should be. Negations carry no `exp`.
 pub(super) fn decide_labels(
     did: &str,
     src: &str,
     state: &DidState,
     changes: &Changes,
-    relay_enabled: bool,
+    policy: &Policy,
 ) -> Vec<Label> {
+    let relay_enabled = policy.relay_enabled;
+    let now_ms = policy
+        .now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let passing = changes
+        .put
+        .iter()
+        .any(|a| a.verdict == Outcome::Pass && a.standing);
     let mut attestations: Vec<&Attestation> = state
         .attestations
         .iter()
@@ -156,16 +182,28 @@ pub(super) fn decide_labels(
         (label::VERIFIED_MAIL_OPERATOR, verified),
         (label::RELAY_MEMBER, relay),
     ] {
-        let held = state.label(val).is_some_and(|l| !l.signed.label.neg);
-        if want != held {
+        let current = state.label(val).map(|l| &l.signed.label);
+        let exp_ms = current.and_then(|l| l.exp.as_deref().and_then(label::datetime_ms));
+        let held = current.is_some_and(|l| !l.neg) && exp_ms.is_none_or(|e| e > now_ms);
+        let renew = want
+            && held
+            && passing
+            && match policy.ttl {
+                Some(ttl) => exp_ms.is_none_or(|e| e - now_ms < ttl.as_millis() as i64 / 2),
+                None => exp_ms.is_some(),
+            };
+        if want != held || renew {
             out.push(Label {
                 src: src.to_owned(),
                 uri: did.to_owned(),
                 cid: None,
                 val: val.to_owned(),
                 neg: !want,
-                cts: label::now_cts(),
-                exp: None,
+                cts: label::format_datetime(policy.now),
+                exp: policy
+                    .ttl
+                    .filter(|_| want)
+                    .map(|ttl| label::format_datetime(policy.now + ttl)),
             });
         }
     }
@@ -179,9 +217,10 @@ mod tests {
     use crate::manager::Clock;
     use crate::store::Account;
 
+    const SRC: &str = "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme";
+
     fn opts() -> Options {
         Options {
-            src: "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme".into(),
             verify_records_at_pds: true,
             relay_enabled: true,
             reverify_interval: Duration::from_secs(24 * 3600),
@@ -189,6 +228,7 @@ mod tests {
             concurrency: 4,
             verify_deadline: Duration::from_secs(60),
             account_retry: Duration::from_secs(60),
+            label_ttl: None,
             clock: Clock::System,
         }
     }
@@ -287,7 +327,7 @@ mod tests {
         crate::store::StoredLabel {
             seq: 1,
             signed: Label {
-                src: opts().src,
+                src: SRC.to_owned(),
                 uri: "did:plc:a".into(),
                 cid: None,
                 val: val.into(),
@@ -299,20 +339,28 @@ mod tests {
         }
     }
 
+    fn policy(relay_enabled: bool) -> Policy {
+        Policy {
+            relay_enabled,
+            ttl: None,
+            now: std::time::SystemTime::now(),
+        }
+    }
+
     fn vals(labels: &[Label]) -> Vec<(String, bool)> {
         labels.iter().map(|l| (l.val.clone(), l.neg)).collect()
     }
 
     #[test]
     fn labels_follow_standing_across_attestations() {
-        let src = opts().src;
+        let src = SRC.to_owned();
         // A new standing attestation grants both labels.
         let state = DidState::default();
         let changes = Changes {
             put: vec![att("r1", true, true)],
             ..Changes::default()
         };
-        let l = decide_labels("did:plc:a", &src, &state, &changes, true);
+        let l = decide_labels("did:plc:a", &src, &state, &changes, &policy(true));
         assert_eq!(
             vals(&l),
             [
@@ -338,7 +386,7 @@ mod tests {
             put: vec![att("r2", false, false)],
             ..Changes::default()
         };
-        assert!(decide_labels("did:plc:a", &src, &state, &changes, true).is_empty());
+        assert!(decide_labels("did:plc:a", &src, &state, &changes, &policy(true)).is_empty());
 
         // Deleting the relay member keeps the operator label but negates relay-member.
         let changes = Changes {
@@ -346,7 +394,13 @@ mod tests {
             ..Changes::default()
         };
         assert_eq!(
-            vals(&decide_labels("did:plc:a", &src, &state, &changes, true)),
+            vals(&decide_labels(
+                "did:plc:a",
+                &src,
+                &state,
+                &changes,
+                &policy(true)
+            )),
             [("relay-member".into(), true)]
         );
 
@@ -359,7 +413,13 @@ mod tests {
             ..Changes::default()
         };
         assert_eq!(
-            vals(&decide_labels("did:plc:a", &src, &state, &changes, true)),
+            vals(&decide_labels(
+                "did:plc:a",
+                &src,
+                &state,
+                &changes,
+                &policy(true)
+            )),
             [
                 ("verified-mail-operator".into(), true),
                 ("relay-member".into(), true)
@@ -369,7 +429,16 @@ mod tests {
             labels: vec![held("verified-mail-operator", true)],
             ..DidState::default()
         };
-        assert!(decide_labels("did:plc:a", &src, &negated, &Changes::default(), true).is_empty());
+        assert!(
+            decide_labels(
+                "did:plc:a",
+                &src,
+                &negated,
+                &Changes::default(),
+                &policy(true)
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -380,10 +449,10 @@ mod tests {
         };
         let l = decide_labels(
             "did:plc:a",
-            &opts().src,
+            SRC,
             &DidState::default(),
             &changes,
-            false,
+            &policy(false),
         );
         assert_eq!(vals(&l), [("verified-mail-operator".into(), false)]);
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::decide::{self, advance, decide_labels, failing_reasons, note_report};
+use super::decide::{self, Policy, advance, decide_labels, failing_reasons, note_report};
 use super::pds::{Found, RepoState};
 use super::{Command, Error, HOLD_RETRY, MAX_ATTESTATIONS, MAX_LIST_PAGES, Shared, with_retries};
 use crate::attestation::{self, Record};
@@ -903,32 +903,57 @@ impl Shared {
         mutate: impl Fn(&DidState, &mut Changes) + Send + Sync + 'static,
     ) -> Result<(), Error> {
         let mutate = Arc::new(mutate);
-        let relay_enabled = self.options.relay_enabled;
-        let committed = with_retries(|| {
-            let store = self.store.clone();
-            let (did, src, key) = (did.clone(), self.options.src.clone(), self.key.clone());
-            let mutate = mutate.clone();
-            let cursor = cursor.and_then(|t| self.watermark_value(t));
-            async move {
-                store
-                    .call(move |s| {
-                        s.update_did(&did, &src, |state| {
-                            let mut changes = Changes::default();
-                            mutate(state, &mut changes);
-                            changes.labels =
-                                decide_labels(&did, &src, state, &changes, relay_enabled)
-                                    .into_iter()
-                                    .map(|l| l.sign(&key))
-                                    .collect();
-                            changes.cursor = cursor;
-                            Ok::<_, std::convert::Infallible>(changes)
+        let (relay_enabled, ttl) = (self.options.relay_enabled, self.options.label_ttl);
+        // A rotation by another process is found inside the transaction: nothing is signed
+        // with the retired key; the new one is loaded and the change computed again.
+        let mut reloads = 0;
+        let committed = loop {
+            let id = self.signer.current();
+            let result = with_retries(|| {
+                let store = self.store.clone();
+                let (did, id) = (did.clone(), id.clone());
+                let mutate = mutate.clone();
+                let cursor = cursor.and_then(|t| self.watermark_value(t));
+                async move {
+                    store
+                        .call(move |s| {
+                            s.update_did(&did, &id.src, |state| {
+                                if let Some(active) = &state.active_key
+                                    && active != id.key.did_key()
+                                {
+                                    return Err(active.clone());
+                                }
+                                let mut changes = Changes::default();
+                                mutate(state, &mut changes);
+                                let policy = Policy {
+                                    relay_enabled,
+                                    ttl,
+                                    now: std::time::SystemTime::now(),
+                                };
+                                changes.labels =
+                                    decide_labels(&did, &id.src, state, &changes, &policy)
+                                        .into_iter()
+                                        .map(|l| l.sign(&id.key))
+                                        .collect();
+                                changes.cursor = cursor;
+                                Ok(changes)
+                            })
                         })
-                    })
-                    .await
+                        .await
+                }
+            })
+            .await?;
+            match result {
+                Ok(committed) => break committed,
+                Err(active) if reloads < 3 => {
+                    reloads += 1;
+                    self.signer.reload(&active)?;
+                }
+                Err(active) => {
+                    return Err(Error::Store(crate::store::Error::KeyRotated { active }));
+                }
             }
-        })
-        .await?;
-        let Ok(committed) = committed;
+        };
         for l in &committed.labels {
             let x = &l.signed.label;
             if x.neg {

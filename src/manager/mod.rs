@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::identity;
-use crate::keys::SigningKey;
+use crate::keys::{self, Signer};
 use crate::store::{self, Store};
 use crate::telemetry;
 use crate::verify;
@@ -119,13 +119,14 @@ pub enum Error {
     /// A worker task panicked.
     #[error("a verification worker failed: {0}")]
     Worker(String),
+    /// Another process rotated the signing key and the new one cannot be loaded.
+    #[error("cannot follow the signing key rotation")]
+    Key(#[from] keys::Error),
 }
 
 /// Manager settings.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The labeler DID (`src` of every label).
-    pub src: String,
     /// Confirm records at the author's PDS (`verifyRecordsAtPds`).
     pub verify_records_at_pds: bool,
     /// Whether relay membership is checked at all (`relaySpfInclude` set).
@@ -138,6 +139,8 @@ pub struct Options {
     pub concurrency: usize,
     /// One deadline for all the network work about one record (PDS, PLC, every DNS query).
     pub verify_deadline: Duration,
+    /// How long a positive label is valid (`labelTtl`); `None`: no expiry.
+    pub label_ttl: Option<Duration>,
     /// How soon a DID whose account event could not be confirmed is re-checked
     /// ([`ACCOUNT_RETRY`]).
     pub account_retry: Duration,
@@ -150,7 +153,7 @@ struct Shared {
     store: Store,
     checker: verify::Checker,
     identity: identity::Resolver,
-    key: SigningKey,
+    signer: Arc<Signer>,
     options: Options,
     tracked: Tracked,
     watermark: Mutex<Watermark>,
@@ -183,7 +186,7 @@ pub struct Manager {
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
-            .field("src", &self.shared.options.src)
+            .field("src", &self.shared.signer.current().src)
             .finish_non_exhaustive()
     }
 }
@@ -195,7 +198,7 @@ impl Manager {
         store: Store,
         checker: verify::Checker,
         identity: identity::Resolver,
-        key: SigningKey,
+        signer: Arc<Signer>,
         options: Options,
         guard: GuardOptions,
         health: Health,
@@ -210,7 +213,7 @@ impl Manager {
                 store,
                 checker,
                 identity,
-                key,
+                signer,
                 options,
                 tracked,
                 watermark: Mutex::new(Watermark::default()),

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
-use super::labels::{StoredLabel, current_for, put_label};
+use super::labels::{StoredLabel, active_key_in, current_for, put_label};
 use super::{Error, Store};
 use crate::label::SignedLabel;
 use crate::verify::Outcome;
@@ -98,6 +98,9 @@ pub struct DidState {
     pub account: Option<Account>,
     /// Current labels from this labeler on the DID (bare-DID subject).
     pub labels: Vec<StoredLabel>,
+    /// The did:key of the active signing key, when one is recorded: a transaction that would
+    /// sign with another key must not write (see [`crate::keys::Signer`]).
+    pub active_key: Option<String>,
 }
 
 impl DidState {
@@ -293,6 +296,7 @@ impl Store {
                 })
                 .optional()?,
             labels: current_for(&tx, src, did)?,
+            active_key: active_key_in(&tx)?,
         };
         let changes = match decide(&state) {
             Ok(c) => c,

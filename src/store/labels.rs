@@ -151,12 +151,129 @@ pub(super) fn current_for(
     collect_rows(&mut stmt, params![uri, src])
 }
 
+/// The active signing key's did:key, inside a transaction.
+pub(super) fn active_key_in(c: &Connection) -> Result<Option<String>, Error> {
+    Ok(
+        c.prepare_cached("SELECT did_key FROM signing_keys WHERE retired_ms IS NULL")?
+            .query_row([], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+/// What [`Store::rewrite_labels`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Current labels read.
+    pub read: usize,
+    /// Labels written (each with a new seq).
+    pub written: usize,
+}
+
 impl Store {
+    /// The did:key of the key labels are signed with, when one is recorded.
+    pub fn active_key(&self) -> Result<Option<String>, Error> {
+        self.read(active_key_in)
+    }
+
+    /// Records `did_key` as the active signing key when none is recorded yet (the first start
+    /// of a database). [`Error::KeyRotated`] when another key is active.
+    pub fn adopt_key(&self, did_key: &str) -> Result<(), Error> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        match active_key_in(&tx)? {
+            Some(active) if active == did_key => {}
+            Some(active) => return Err(Error::KeyRotated { active }),
+            None => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO signing_keys (did_key, activated_ms, retired_ms)
+                     VALUES (?1, ?2, NULL)",
+                )?
+                .execute(params![did_key, now_ms()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Rewrites the current labels in one transaction: `rewrite` maps each current label to
+    /// the labels that replace it (none keeps it as it is), written in order, each with a new
+    /// seq, so subscribers following from their cursor receive them. `expected` must be the
+    /// active key (or none be recorded); afterwards `active` is, and any other is retired.
+    /// Every process that signs checks the active key in its own transactions, so once this
+    /// commits nothing is signed with a retired key.
+    pub fn rewrite_labels(
+        &self,
+        expected: &str,
+        active: &str,
+        mut rewrite: impl FnMut(&StoredLabel) -> Vec<SignedLabel>,
+    ) -> Result<Rewritten, Error> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(current) = active_key_in(&tx)?
+            && current != expected
+        {
+            return Err(Error::KeyRotated { active: current });
+        }
+        let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM labels ORDER BY seq"))?;
+        let current = collect_rows(&mut stmt, [])?;
+        drop(stmt);
+        let mut done = Rewritten {
+            read: current.len(),
+            written: 0,
+        };
+        for l in &current {
+            for next in rewrite(l) {
+                put_label(&tx, &next)?;
+                done.written += 1;
+            }
+        }
+        let now = now_ms();
+        tx.prepare_cached(
+            "UPDATE signing_keys SET retired_ms = ?2 WHERE retired_ms IS NULL AND did_key != ?1",
+        )?
+        .execute(params![active, now])?;
+        tx.prepare_cached(
+            "INSERT INTO signing_keys (did_key, activated_ms, retired_ms) VALUES (?1, ?2, NULL)
+             ON CONFLICT (did_key) DO UPDATE SET retired_ms = NULL",
+        )?
+        .execute(params![active, now])?;
+        tx.commit()?;
+        drop(conn);
+        if done.written > 0 {
+            self.notify_commit();
+        }
+        Ok(done)
+    }
+
+    /// Like [`Store::write_labels`], for a process signing with the key `signed_by`: refuses
+    /// ([`Error::KeyRotated`]) when the database names another active key.
+    pub fn write_labels_signed_by(
+        &self,
+        signed_by: &str,
+        labels: &[SignedLabel],
+    ) -> Result<Vec<StoredLabel>, Error> {
+        self.write_checked(Some(signed_by), labels)
+    }
+
     /// Writes labels in one transaction (replacing current rows) and returns them with their
     /// seqs. Used for manual labels; the manager writes through [`Store::update_did`].
     pub fn write_labels(&self, labels: &[SignedLabel]) -> Result<Vec<StoredLabel>, Error> {
+        self.write_checked(None, labels)
+    }
+
+    fn write_checked(
+        &self,
+        signed_by: Option<&str>,
+        labels: &[SignedLabel],
+    ) -> Result<Vec<StoredLabel>, Error> {
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(key) = signed_by
+            && let Some(active) = active_key_in(&tx)?
+            && active != key
+        {
+            return Err(Error::KeyRotated { active });
+        }
         let mut out = Vec::with_capacity(labels.len());
         for l in labels {
             let seq = put_label(&tx, l)?;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 pub use attestations::{
     Account, Attestation, Changes, Committed, DidState, MAX_REFUSALS, RecordRev, Refusal,
 };
-pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher};
+pub use labels::{LabelQuery, Rewritten, StoredLabel, UriPattern, Watcher};
 
 /// How long a connection waits for another writer (e.g. the `label` CLI) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +73,13 @@ pub enum Error {
     /// A blocking task panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),
+    /// Another process rotated the signing key: nothing was written; reload the key and
+    /// sign again.
+    #[error("the signing key was rotated (the active key is now {active}); reload it")]
+    KeyRotated {
+        /// The did:key now active.
+        active: String,
+    },
 }
 
 /// Handle to the database. Cheap to clone; all clones share the connections.
