@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::health::Health;
 use crate::keys::{self, SigningKey};
 use crate::manager::{self, Manager};
 use crate::store::Store;
@@ -152,6 +153,10 @@ impl Tuning {
             scheduler: scheduler::Options::default(),
             server: server::Options {
                 max_subscribers: config.max_subscribers,
+                max_connections: config.max_connections,
+                max_connections_per_ip: config.max_connections_per_ip,
+                max_subscribers_per_ip: config.max_subscribers_per_ip,
+                trusted_proxies: config.trusted_proxies.clone(),
                 ..server::Options::default()
             },
             clock: manager::Clock::System,
@@ -168,6 +173,9 @@ pub struct Running {
     pub did: String,
     /// Cancels everything.
     pub shutdown: CancellationToken,
+    /// What the components report about themselves (served at `/xrpc/_health`); hand it to
+    /// any component that has state to report.
+    pub health: Health,
     tasks: JoinSet<Result<(), Error>>,
 }
 
@@ -228,6 +236,7 @@ pub async fn start(
         source,
     })?;
 
+    let health = Health::new();
     let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
     let identity = identity::Resolver::new(
         identity::Options {
@@ -268,6 +277,7 @@ pub async fn start(
         tx.clone(),
         manager.tracked(),
         cursor,
+        health.clone(),
     );
     consumer.url(None)?;
     let scheduler = scheduler::Scheduler::new(
@@ -286,6 +296,7 @@ pub async fn start(
             ..tuning.server
         },
         Some(telemetry::metrics_handle()),
+        health.clone(),
     );
 
     let mut tasks = JoinSet::new();
@@ -311,6 +322,7 @@ pub async fn start(
         addr,
         did,
         shutdown,
+        health,
         tasks,
     })
 }

@@ -8,9 +8,11 @@
 mod cli;
 mod common;
 mod dns;
+mod health;
 mod identity;
 mod jetstream;
 mod lexicons;
+mod limits;
 mod operator;
 mod pipeline;
 mod query_labels;

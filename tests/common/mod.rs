@@ -69,5 +69,6 @@ where
 }
 pub mod daemon;
 pub mod dns;
+pub mod net;
 pub mod plc;
 pub mod server;

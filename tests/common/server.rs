@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use atmos_labeler::health::Health;
 use atmos_labeler::keys::{PublicKey, SigningKey};
 use atmos_labeler::label::{Label, SignedLabel};
 use atmos_labeler::server::{Options, Server};
@@ -67,6 +68,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub store: Store,
     pub shutdown: CancellationToken,
+    /// The component state the server reports at `/xrpc/_health`.
+    pub health: Health,
     task: tokio::task::JoinHandle<Result<(), atmos_labeler::server::Error>>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -80,11 +83,20 @@ impl TestServer {
 
     /// Starts a server after `seed` has written to the database.
     pub async fn start_with(options: Options, seed: impl FnOnce(&Store)) -> TestServer {
+        TestServer::start_with_health(options, Health::new(), seed).await
+    }
+
+    /// Starts a server reporting the component state in `health`, after `seed`.
+    pub async fn start_with_health(
+        options: Options,
+        health: Health,
+        seed: impl FnOnce(&Store),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("labels.db")).unwrap();
         seed(&store);
         let metrics = Some(atmos_labeler::telemetry::metrics_handle());
-        let server = Server::new(store.clone(), options, metrics);
+        let server = Server::new(store.clone(), options, metrics, health.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -93,6 +105,7 @@ impl TestServer {
             addr,
             store,
             shutdown,
+            health,
             task,
             http: reqwest::Client::new(),
             _dir: dir,
