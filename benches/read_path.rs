@@ -38,6 +38,9 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+#[path = "shared/procfs.rs"]
+mod procfs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -225,21 +228,9 @@ impl ServerProcess {
     /// (CPU seconds used, peak RSS in MiB) so far.
     fn usage(&self) -> anyhow::Result<(f64, f64)> {
         let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let hwm_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .context("VmHWM")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok((ticks / 100.0, hwm_kb / 1024.0))
+        let cpu = procfs::cpu_seconds(pid)?;
+        let hwm_kb = procfs::Status::read(pid)?.kb("VmHWM:")?;
+        Ok((cpu, hwm_kb as f64 / 1024.0))
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -718,10 +709,7 @@ async fn backfill_phase(
 
 /// CPU seconds used by this process so far.
 fn own_cpu() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / 100.0)
+    procfs::cpu_seconds("self")
 }
 
 /// One subscriber: decodes `expect` frames, checking order, then closes.

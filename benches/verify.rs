@@ -114,7 +114,7 @@ async fn run(n: usize, concurrency: usize, timeout_ms: u64, faulty_permille: usi
                     &did(i),
                     &format!("op{i}.bench.test"),
                     &["sel1".to_owned()],
-                    false,
+                    atmos_labeler::verify::Vantage::Cached,
                 )
                 .await;
             drop(permit);

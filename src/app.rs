@@ -143,6 +143,10 @@ pub struct Tuning {
     pub server: server::Options,
     /// Time source for scheduling.
     pub clock: manager::Clock,
+    /// Port of the authoritative servers asked to confirm failures (53; tests run their own).
+    pub authoritative_dns_port: u16,
+    /// How soon an account event that could not be confirmed is retried.
+    pub account_retry: Duration,
 }
 
 impl Tuning {
@@ -160,6 +164,8 @@ impl Tuning {
                 ..server::Options::default()
             },
             clock: manager::Clock::System,
+            authoritative_dns_port: 53,
+            account_retry: manager::ACCOUNT_RETRY,
         }
     }
 }
@@ -181,7 +187,7 @@ pub struct Running {
 
 impl Running {
     /// Waits until the daemon stops (after `shutdown` is cancelled or a component stops),
-    /// giving components [`SHUTDOWN_GRACE`] to finish. Returns the first error, if any.
+    /// giving components `SHUTDOWN_GRACE` to finish. Returns the first error, if any.
     pub async fn wait(mut self) -> Result<(), Error> {
         let mut first = Ok(());
         // The first component to end stops the rest.
@@ -236,7 +242,6 @@ pub async fn start(
         source,
     })?;
 
-    let health = Health::new();
     let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
     let identity = identity::Resolver::new(
         identity::Options {
@@ -246,13 +251,21 @@ pub async fn start(
         },
         dns.clone(),
     )?;
+    // The independent path that must confirm a failure before a label is withdrawn.
+    let confirm = if config.confirm_dns_servers.is_empty() {
+        dns::Resolver::authoritative(&dns, config.dns_timeout, tuning.authoritative_dns_port)
+    } else {
+        dns::Resolver::new(&config.confirm_dns_servers, config.dns_timeout)?
+    };
     let checker = verify::Checker::new(
         dns,
         identity.clone(),
         verify::Options {
             relay_spf_include: config.relay_spf_include.clone(),
         },
-    );
+    )
+    .with_confirmation(confirm);
+    let health = Health::new();
     let manager = Manager::new(
         store.clone(),
         checker,
@@ -265,8 +278,16 @@ pub async fn start(
             reverify_interval: config.reverify_interval,
             stale_after: config.stale_after,
             concurrency: config.verify_concurrency,
+            verify_deadline: config.verify_deadline,
+            account_retry: tuning.account_retry,
             clock: tuning.clock,
         },
+        manager::GuardOptions {
+            canaries: config.dns_canaries.clone(),
+            window: config.breaker_window,
+            max_hold: config.breaker_max_hold,
+        },
+        health.clone(),
     )?;
     let (tx, rx) = tokio::sync::mpsc::channel(manager::COMMAND_CAPACITY);
     let consumer = jetstream::Client::new(

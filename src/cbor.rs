@@ -1,13 +1,13 @@
 //! A minimal, allocation-free DAG-CBOR writer for the few shapes this labeler emits.
 //!
-//! atproto signs and streams labels as DRISL / DAG-CBOR (`spec:/specs/data-model`): definite
+//! atproto signs and streams labels as DRISL / DAG-CBOR (<https://atproto.com/specs/data-model>): definite
 //! lengths, shortest-form integers, text-string map keys sorted length-first then bytewise, no
 //! floats, no tags. Our maps have fixed, known keys, so callers write them already in canonical
 //! order and this module only has to get the heads right (RFC 8949 §3, §4.2.1).
 //!
 //! Why not `serde_ipld_dagcbor` on the hot path: it sorts map entries through per-field
 //! buffers, which made allocation 40% of the server's profile when streaming a backfill
-//! (`shared/docs/performance.md`). The serde encoder stays in the tests as an independent
+//! (`docs/performance.md` §3). The serde encoder stays in the tests as an independent
 //! referee for every shape written here.
 
 /// CBOR major types (RFC 8949 §3.1).

@@ -84,11 +84,17 @@ pub enum Command {
         #[command(subcommand)]
         action: LabelAction,
     },
+    /// The guard's breaker, which holds withdrawals when too many would happen at once.
+    Breaker {
+        /// Action.
+        #[command(subcommand)]
+        action: BreakerAction,
+    },
     /// Print the app.bsky.labeler.service record to publish in the labeler's repo.
     ServiceRecord,
     /// Exit 0 when the daemon answers /xrpc/_health (for Docker HEALTHCHECK).
     Healthcheck {
-        /// Base URL of the daemon. Default: http://127.0.0.1:<port of listenAddr>.
+        /// Base URL of the daemon. Default: HTTP to 127.0.0.1 on the port of listenAddr.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
@@ -133,6 +139,15 @@ pub enum LabelAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+/// `labeler breaker …`
+#[derive(Debug, Subcommand)]
+pub enum BreakerAction {
+    /// Let the withdrawals an open breaker holds through (a running daemon reads it from the
+    /// database at its next held withdrawal). The breaker opens again if the rate stays high
+    /// after it closes.
+    Release,
 }
 
 /// CLI errors (printed as one line by `main`).
@@ -232,6 +247,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             plc_url,
         ),
         Command::Label { action } => label_cmd(&config_path, action),
+        Command::Breaker {
+            action: BreakerAction::Release,
+        } => {
+            let config = Config::load(&config_path)?;
+            let store = Store::open(&config.db_path())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            store.release_breaker(now)?;
+            eprintln!(
+                "breaker released: withdrawals held since it opened are signed at their next                  re-check (within minutes)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ServiceRecord => {
             let record = service_record();
             println!(
@@ -310,7 +339,11 @@ fn check(
                 relay_spf_include: config.relay_spf_include.clone(),
             },
         );
-        Ok::<_, Error>(checker.check(did, domain, selectors, true).await)
+        Ok::<_, Error>(
+            checker
+                .check(did, domain, selectors, verify::Vantage::Fresh)
+                .await,
+        )
     })?;
     if json {
         println!(

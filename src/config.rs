@@ -114,6 +114,16 @@ pub struct RawConfig {
     pub verify_concurrency: Option<u64>,
     /// `allowPrivateAddresses`, default `false`.
     pub allow_private_addresses: Option<bool>,
+    /// `confirmDnsServers`, default empty (each zone's authoritative servers).
+    pub confirm_dns_servers: Option<Vec<String>>,
+    /// `dnsCanaries`, default [`DEFAULT_CANARIES`].
+    pub dns_canaries: Option<Vec<String>>,
+    /// `verifyDeadline`, default `60s`.
+    pub verify_deadline: Option<String>,
+    /// `breakerWindow`, default `1h`.
+    pub breaker_window: Option<String>,
+    /// `breakerMaxHold`, default `24h`.
+    pub breaker_max_hold: Option<String>,
     /// `maxConnections`, default 4096.
     pub max_connections: Option<u64>,
     /// `maxConnectionsPerIp`, default 256.
@@ -123,6 +133,10 @@ pub struct RawConfig {
     /// `trustedProxies`, default empty.
     pub trusted_proxies: Option<Vec<String>>,
 }
+
+/// Names that exist, resolved to tell whether the labeler's own resolver works (the guard's
+/// canaries): the atproto project's, its main app's and the IANA's domains.
+pub const DEFAULT_CANARIES: &[&str] = &["atproto.com", "bsky.app", "iana.org"];
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +182,17 @@ pub struct Config {
     pub verify_concurrency: usize,
     /// Allow outbound fetches to private/loopback/link-local addresses.
     pub allow_private_addresses: bool,
+    /// A second resolver set that must confirm a failure before a label is withdrawn; empty
+    /// means each zone's authoritative servers, asked directly.
+    pub confirm_dns_servers: Vec<SocketAddr>,
+    /// Names that exist, resolved to tell whether the labeler's own resolver works.
+    pub dns_canaries: Vec<String>,
+    /// One deadline for all the network work about one record.
+    pub verify_deadline: Duration,
+    /// The window the breaker counts would-be withdrawals in.
+    pub breaker_window: Duration,
+    /// Longest the breaker holds withdrawals.
+    pub breaker_max_hold: Duration,
     /// Cap on open HTTP connections.
     pub max_connections: usize,
     /// Cap on open HTTP connections per client address (trusted proxies exempt).
@@ -246,15 +271,30 @@ impl Config {
         check_url(&plc_url, &["http", "https"]).map_err(|m| invalid("plcURL", m))?;
         let plc_url = plc_url.trim_end_matches('/').to_owned();
 
-        let mut dns_servers = Vec::new();
-        for s in raw.dns_servers.unwrap_or_default() {
-            let addr = parse_dns_server(&s).ok_or_else(|| {
-                invalid(
-                    "dnsServers",
-                    format!("{s:?} is not \"ip\", \"ip:port\" or \"[ipv6]:port\""),
-                )
-            })?;
-            dns_servers.push(addr);
+        let servers = |field: &'static str, list: Option<Vec<String>>| {
+            list.unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    parse_dns_server(s).ok_or_else(|| {
+                        invalid(
+                            field,
+                            format!("{s:?} is not \"ip\", \"ip:port\" or \"[ipv6]:port\""),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let dns_servers = servers("dnsServers", raw.dns_servers)?;
+        let confirm_dns_servers = servers("confirmDnsServers", raw.confirm_dns_servers)?;
+        let dns_canaries = match raw.dns_canaries {
+            None => DEFAULT_CANARIES.iter().map(|s| (*s).to_owned()).collect(),
+            Some(list) => list,
+        };
+        if let Some(bad) = dns_canaries.iter().find(|c| !syntax::is_dns_name(c)) {
+            return Err(invalid(
+                "dnsCanaries",
+                format!("{bad:?} is not a domain name"),
+            ));
         }
 
         if let Some(did) = raw.labeler_did.as_ref().filter(|d| !syntax::is_did(d)) {
@@ -334,6 +374,11 @@ impl Config {
             max_subscribers: positive("maxSubscribers", raw.max_subscribers, 1000)?,
             verify_concurrency: positive("verifyConcurrency", raw.verify_concurrency, 16)?,
             allow_private_addresses: raw.allow_private_addresses.unwrap_or(false),
+            confirm_dns_servers,
+            dns_canaries,
+            verify_deadline: duration("verifyDeadline", raw.verify_deadline, "60s")?,
+            breaker_window: duration("breakerWindow", raw.breaker_window, "1h")?,
+            breaker_max_hold: duration("breakerMaxHold", raw.breaker_max_hold, "24h")?,
             max_connections: positive("maxConnections", raw.max_connections, 4096)?,
             max_connections_per_ip: positive(
                 "maxConnectionsPerIp",
@@ -502,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn hujson_comments_and_trailing_commas() {
+    fn hujson_comments_and_trailing_commas_are_accepted() {
         let text = "// top\n{\n  /* block */ \"listenAddr\": \"127.0.0.1:9000\", // tail\n  \"dnsServers\": [\"127.0.0.1:5353\", \"10.0.0.1\",],\n}\n";
         let c = Config::from_str(text, "t").unwrap();
         assert_eq!(c.listen_addr, "127.0.0.1:9000".parse().unwrap());

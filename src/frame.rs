@@ -1,6 +1,6 @@
 //! `com.atproto.label.subscribeLabels` frames.
 //!
-//! Event-stream framing (`spec:/specs/event-stream` "Framing"): every binary WebSocket message
+//! Event-stream framing (<https://atproto.com/specs/event-stream> "Framing"): every binary WebSocket message
 //! is two concatenated DAG-CBOR objects, a header and a payload.
 //! - Message frames: header `{op: 1, t: "#labels" | "#info"}`, then the message body.
 //! - Error frames: header `{op: -1}` (no `t`), then `{error, message?}`; the server closes the

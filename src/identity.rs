@@ -5,12 +5,12 @@
 //! anything about domains (that is [`crate::verify`]); it only fetches, validates shapes and
 //! classifies failures as definitive or transient.
 //!
-//! Specs implemented (see `labels-protocol.md` §3, `mail-dns.md` §5):
-//! - atproto `specs/did`: `did:plc` resolved at `{plc}/{did}`, `did:web` (hostname only, no
+//! Specs implemented (see `docs/protocol.md` §3, `docs/verification.md` §5):
+//! - atproto <https://atproto.com/specs/did>: `did:plc` resolved at `{plc}/{did}`, `did:web` (hostname only, no
 //!   path) at `https://{host}/.well-known/did.json`; the document's `id` must equal the DID;
 //!   the PDS is the `#atproto_pds` service of type `AtprotoPersonalDataServer`; the handle is
 //!   the first syntactically valid `at://` entry of `alsoKnownAs`.
-//! - atproto `specs/handle` syntax for that handle (ASCII, ≤253 chars, ≥2 labels, the last label
+//! - atproto <https://atproto.com/specs/handle> syntax for that handle (ASCII, ≤253 chars, ≥2 labels, the last label
 //!   not starting with a digit), normalised to lowercase.
 //! - XRPC `com.atproto.repo.getRecord` and `com.atproto.sync.getRepoStatus`, with the XRPC error
 //!   body `{"error": …, "message": …}`.
@@ -38,6 +38,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Largest `getRepoStatus` (or error) body accepted.
 const MAX_STATUS_BYTES: usize = 64 * 1024;
 
+/// Largest `listRecords` page accepted (100 attestation records are ~30 KB).
+const MAX_LIST_BYTES: usize = 1024 * 1024;
+
 /// How long a fetched DID document is reused when `fresh` is false.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 
@@ -47,7 +50,7 @@ const CACHE_MAX: usize = 10_000;
 /// `User-Agent` of every request.
 const USER_AGENT: &str = concat!("atmos-labeler/", env!("CARGO_PKG_VERSION"));
 
-/// Service id of the PDS in a DID document (`specs/did`).
+/// Service id of the PDS in a DID document (<https://atproto.com/specs/did>).
 const PDS_SERVICE_ID: &str = "#atproto_pds";
 /// Service type of the PDS.
 const PDS_SERVICE_TYPE: &str = "AtprotoPersonalDataServer";
@@ -81,7 +84,7 @@ pub struct DidDocument {
 
 impl DidDocument {
     /// The first syntactically valid `at://` handle in `alsoKnownAs`, lowercased. Later
-    /// entries are ignored even if the first one does not resolve (`specs/handle`).
+    /// entries are ignored even if the first one does not resolve (<https://atproto.com/specs/handle>).
     pub fn handle(&self) -> Option<String> {
         self.also_known_as
             .iter()
@@ -417,6 +420,66 @@ impl Resolver {
         }
     }
 
+    /// One page of `com.atproto.repo.listRecords` on the DID's PDS: up to `limit` (≤ 100)
+    /// records of `collection` after `cursor`, and the cursor of the next page when the PDS
+    /// gave one. Every record's `uri` must be in this DID's repo and collection.
+    pub async fn list_records(
+        &self,
+        did: &str,
+        collection: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<RecordCopy>, Option<String>), Error> {
+        let mut url = self.xrpc_url(did, "com.atproto.repo.listRecords").await?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("repo", did)
+                .append_pair("collection", collection)
+                .append_pair("limit", &limit.clamp(1, 100).to_string());
+            if let Some(c) = cursor {
+                q.append_pair("cursor", c);
+            }
+        }
+        let (status, body) = self
+            .fetch(&self.inner.web, url.clone(), MAX_LIST_BYTES)
+            .await?;
+        let url_s = url.to_string();
+        if status != StatusCode::OK {
+            return Err(Error::Status {
+                url: url_s,
+                status: status.as_u16(),
+                detail: xrpc_detail(&body),
+            });
+        }
+        let malformed = |reason: &str| Error::Malformed {
+            url: url_s.clone(),
+            reason: reason.to_owned(),
+        };
+        let v: Value = serde_json::from_slice(&body).map_err(|_| malformed("not JSON"))?;
+        let records = v
+            .get("records")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed("no array \"records\""))?;
+        let prefix = format!("at://{did}/{collection}/");
+        let mut out = Vec::with_capacity(records.len());
+        for r in records.iter().take(limit.clamp(1, 100)) {
+            let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
+            if !uri.starts_with(&prefix) {
+                return Err(malformed(
+                    "a record's \"uri\" is not in the repo and collection asked for",
+                ));
+            }
+            let copy = parse_record(r.to_string().as_bytes(), uri, &url_s)?;
+            out.push(copy);
+        }
+        let next = v
+            .get("cursor")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty() && c.len() <= 512)
+            .map(str::to_owned);
+        Ok((out, next))
+    }
+
     /// `com.atproto.sync.getRepoStatus` on the DID's PDS.
     pub async fn repo_status(&self, did: &str) -> Result<RepoStatus, Error> {
         let mut url = self.xrpc_url(did, "com.atproto.sync.getRepoStatus").await?;
@@ -665,7 +728,7 @@ fn unsupported(did: &str, reason: &str) -> Error {
     }
 }
 
-/// The `did.json` URL of a did:web (`specs/did`: hostname only, no path; a port, written
+/// The `did.json` URL of a did:web (<https://atproto.com/specs/did>: hostname only, no path; a port, written
 /// `%3A`, only for local development).
 fn did_web_url(did: &str, allow_private: bool) -> Result<String, Error> {
     let id = did.strip_prefix("did:web:").unwrap_or_default();
@@ -821,7 +884,7 @@ mod tests {
     }
 
     #[test]
-    fn did_web_urls_and_refusals() {
+    fn did_web_maps_to_its_well_known_url_and_private_hosts_are_refused() {
         assert_eq!(
             did_web_url("did:web:example.com", false).unwrap(),
             "https://example.com/.well-known/did.json"
@@ -858,7 +921,7 @@ mod tests {
     }
 
     #[test]
-    fn definitive_errors() {
+    fn only_not_found_and_unsupported_errors_are_definitive() {
         assert!(unsupported("did:key:x", "no").is_definitive());
         assert!(
             Error::NotFound {

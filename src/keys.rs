@@ -5,7 +5,7 @@
 //! format, and Ozone's `signingKeyHex`), created with mode 0600 and never overwritten. `Debug`
 //! shows the public `did:key` only, so a key can never end up in a log line or an error.
 //!
-//! Encodings follow `spec:/specs/cryptography` "Public Key Encoding": the compressed SEC1 point
+//! Encodings follow <https://atproto.com/specs/cryptography> "Public Key Encoding": the compressed SEC1 point
 //! (33 bytes) behind the `secp256k1-pub` multicodec varint `0xe7 0x01`, base58btc multibase
 //! (`z…`); the `did:key:` form prefixes that. Signatures are 64-byte compact `r‖s`, low-S,
 //! over SHA-256 of the message with an RFC 6979 deterministic nonce.
@@ -207,7 +207,7 @@ impl PublicKey {
     }
 
     /// Checks a compact 64-byte signature over `message`. High-S signatures are rejected,
-    /// as `spec:/specs/cryptography` requires.
+    /// as <https://atproto.com/specs/cryptography> requires.
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> Result<(), Error> {
         let sig = Signature::from_slice(sig).map_err(|_| Error::BadSignature)?;
         self.inner

@@ -1,13 +1,13 @@
 //! atproto labels: the label object, its signing bytes, signing and verification, and its
 //! JSON form.
 //!
-//! Implements `spec:/specs/label` ("Schema and Data Model", "Signatures"):
+//! Implements <https://atproto.com/specs/label> ("Schema and Data Model", "Signatures"):
 //! - the signed object is exactly `ver, src, uri, cid?, val, neg?, cts, exp?` — `ver` always
 //!   present, absent optional fields omitted (never `null`), `neg` only when `true`, no `$type`;
 //! - it is encoded as DAG-CBOR (keys in canonical order `cid, cts, exp, neg, sig, src, uri, val,
 //!   ver`), hashed with SHA-256 and signed with the labeler's `#atproto_label` key;
 //! - JSON carries `sig` as `{"$bytes": "<standard base64, no padding>"}`
-//!   (`spec:/specs/data-model` "bytes"; indigo decodes only the unpadded form).
+//!   (<https://atproto.com/specs/data-model> "bytes"; indigo decodes only the unpadded form).
 //!
 //! `cts` and `exp` are kept as the exact strings that were signed: re-formatting a parsed
 //! timestamp would change the signed bytes.
@@ -19,7 +19,7 @@ use serde::ser::{SerializeMap, Serializer};
 use crate::cbor;
 use crate::keys::{self, PublicKey, SigningKey};
 
-/// The label format version, `ver` (`spec:/specs/label`: "currently always 1").
+/// The label format version, `ver` (<https://atproto.com/specs/label>: "currently always 1").
 pub const LABEL_VERSION: i64 = 1;
 
 /// Granted on an operator's DID while at least one of its attestations verifies.
@@ -29,7 +29,7 @@ pub const VERIFIED_MAIL_OPERATOR: &str = "verified-mail-operator";
 /// cooperative relay (`relaySpfInclude`).
 pub const RELAY_MEMBER: &str = "relay-member";
 
-/// Longest label value in bytes (`spec:/specs/label`, lexicon `maxLength: 128`).
+/// Longest label value in bytes (<https://atproto.com/specs/label>, lexicon `maxLength: 128`).
 pub const MAX_VALUE_BYTES: usize = 128;
 
 /// Errors about label content.
@@ -240,7 +240,7 @@ impl serde::Serialize for JsonBytes<'_> {
     }
 }
 
-/// Checks a label value against the recommended syntax (`spec:/specs/label` "Recommended
+/// Checks a label value against the recommended syntax (<https://atproto.com/specs/label> "Recommended
 /// String Syntax"): lowercase ASCII letters and `-`, `-` neither first nor last, ≤ 128 bytes.
 pub fn validate_value(val: &str) -> Result<(), Error> {
     let ok = !val.is_empty()
@@ -268,7 +268,7 @@ pub fn validate_uri(uri: &str) -> Result<(), Error> {
 }
 
 /// Formats a time the way Ozone and `@atproto` do (`Date.toISOString()`):
-/// `YYYY-MM-DDTHH:MM:SS.sssZ`, the form `spec:/specs/lexicon` "datetime" recommends.
+/// `YYYY-MM-DDTHH:MM:SS.sssZ`, the form <https://atproto.com/specs/lexicon> "datetime" recommends.
 pub fn format_datetime(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn value_syntax() {
+    fn label_values_are_lowercase_words_of_at_most_128_bytes() {
         for ok in ["spam", "verified-mail-operator", "a", &"a".repeat(128)] {
             validate_value(ok).unwrap();
         }

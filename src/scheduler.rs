@@ -7,6 +7,11 @@
 //! attestation by the lease. Spreading: the manager jitters each next-check time by ±10%, and
 //! after downtime the overdue backlog drains at the manager's pace (bounded queues), not all
 //! at once.
+//!
+//! Between sweeps it sleeps until the next attestation is due (at most `max_sleep`), and
+//! wakes early whenever a commit may have brought a re-check closer
+//! ([`Store::schedule_changes`]): a new attestation with a 10 s `reverifyInterval` is
+//! re-checked after 10 s, not after the next minute-long sleep.
 
 use std::time::Duration;
 
@@ -57,6 +62,7 @@ impl Scheduler {
     /// Runs until `shutdown` is cancelled or the manager goes away. Database errors are logged
     /// and retried; they never stop the daemon from serving.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut schedule = self.store.schedule_changes();
         let mut failures = 0u32;
         loop {
             let wait = match self.sweep(&shutdown).await {
@@ -78,6 +84,13 @@ impl Scheduler {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                // The store outlives the scheduler, so the sender never closes under us; if
+                // it did, fall back to sleeping.
+                changed = schedule.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
         }
     }

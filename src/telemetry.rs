@@ -39,6 +39,12 @@ pub const SUBSCRIBERS: &str = "labeler_server_subscribers";
 pub const SUBSCRIBERS_TOO_SLOW: &str = "labeler_server_subscribers_too_slow_total";
 /// queryLabels latency in seconds.
 pub const QUERY_LATENCY: &str = "labeler_server_query_labels_seconds";
+/// 1 while the labeler's own resolver cannot resolve its canary names.
+pub const GUARD_RESOLVER_DEGRADED: &str = "labeler_guard_resolver_degraded";
+/// 1 while the breaker holds withdrawals.
+pub const GUARD_BREAKER_OPEN: &str = "labeler_guard_breaker_open";
+/// Withdrawals held by the guard (degraded resolver or open breaker).
+pub const GUARD_HELD: &str = "labeler_guard_withdrawals_held_total";
 /// HTTP requests, by `route` and `status`.
 pub const HTTP_REQUESTS: &str = "labeler_server_http_requests_total";
 /// Open HTTP connections (not counting upgraded subscriber streams).

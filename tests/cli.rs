@@ -1,14 +1,15 @@
 //! The real `labeler` binary, run the way operators and the Docker image run it.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use assert_cmd::cargo::CommandCargoExt;
 
 use atmos_labeler::keys::SigningKey;
+
+use crate::common::process::{Child, START_WAIT};
 
 fn labeler(dir: &Path) -> Command {
     let mut cmd = Command::cargo_bin("labeler").unwrap();
@@ -290,47 +291,27 @@ fn manual_labels_are_signed_listed_and_negated() {
 
 /// The Docker image runs `labeler` with no arguments in /app on an empty state volume: it
 /// must initialise and serve. (Docker itself cannot run here; this runs the same command.)
-#[test]
-fn the_docker_command_initialises_an_empty_state_dir_and_serves() {
+#[tokio::test]
+async fn the_docker_command_initialises_an_empty_state_dir_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = labeler(dir.path())
-        .env("LABELER_LISTEN_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut addr = None;
-    let mut seen = Vec::new();
-    while addr.is_none() && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            continue;
-        };
-        if line.contains("labeler started") {
-            addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .map(str::to_owned);
-        }
-        seen.push(line);
-    }
-    let addr = addr.unwrap_or_else(|| panic!("no startup line in {seen:#?}"));
+    let mut cmd = labeler(dir.path());
+    cmd.env("LABELER_LISTEN_ADDR", "127.0.0.1:0");
+    // Killed and reaped on drop, so a failing assertion leaves no daemon behind.
+    let mut child = Child::spawn(cmd);
+    let line = child.line_containing("labeler started", START_WAIT).await;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        .to_owned();
     assert!(dir.path().join("state/config.json").is_file());
     assert_eq!(mode(&dir.path().join("state/signing.key")), 0o600);
 
     // The image's HEALTHCHECK command.
-    let health = labeler(dir.path())
-        .args(["healthcheck", "--url", &format!("http://{addr}")])
-        .output()
+    let mut health = labeler(dir.path());
+    health.args(["healthcheck", "--url", &format!("http://{addr}")]);
+    let health = tokio::task::spawn_blocking(move || health.output().unwrap())
+        .await
         .unwrap();
     assert!(
         health.status.success(),
@@ -338,22 +319,8 @@ fn the_docker_command_initialises_an_empty_state_dir_and_serves() {
         String::from_utf8_lossy(&health.stderr)
     );
 
-    // SIGTERM → graceful exit 0 within a few seconds.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+    // SIGTERM → graceful exit 0 (the bound is generous: a debug build on a busy machine).
+    child.sigterm();
+    let status = child.exit_status(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}\n{}", child.log_tail());
 }

@@ -122,7 +122,7 @@ async fn follows_cnames_and_filters_by_type() {
 }
 
 #[tokio::test]
-async fn mx_null_and_addresses() {
+async fn reads_a_null_mx_mx_hosts_and_their_v4_and_v6_addresses() {
     let dns = FakeDns::start().await;
     dns.set_mx("null.example.test", &[(0, ".")]);
     dns.set_mx(

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::daemon::{self, TestLabeler, World};
+use crate::common::metrics::{Scoped, scrape};
 use crate::common::server::{TestServer, WAIT, options};
 
 /// `GET /xrpc/_health` → status and body.
@@ -250,17 +251,15 @@ async fn jetstream_lag_is_computed_at_scrape_time_from_the_saved_cursor() {
             last_error: Some("read failed: connection reset".to_owned()),
         });
     });
-    let s = TestServer::start_with_health(options(), health, |store| {
+    let recorder = Scoped::install();
+    let s = TestServer::start_full(options(), recorder.handle.clone(), health, |store| {
         store.save_cursor(hour_ago_us).unwrap();
     })
     .await;
-    let (status, _, metrics) = s.get("/metrics").await;
-    assert_eq!(status, 200);
+    let metrics = scrape(&s.base()).await;
     let gauge = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        assert!(metrics.has(name), "{name} is exposed");
+        metrics.get(name, &[])
     };
     let lag = gauge("labeler_jetstream_lag_seconds");
     assert!(

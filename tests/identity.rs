@@ -157,7 +157,7 @@ async fn reads_records_and_repo_status_from_the_pds() {
 }
 
 #[tokio::test]
-async fn did_web_on_localhost_in_development() {
+async fn did_web_resolves_on_localhost_in_development() {
     let env = Env::start().await;
     let did = format!("did:web:localhost%3A{}", env.pds.addr().port());
     env.pds

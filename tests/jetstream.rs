@@ -112,13 +112,18 @@ async fn events_arrive_in_order_and_untracked_accounts_are_dropped() {
     // The filtered commit never arrived, and the stranger's events were dropped; checkpoints
     // still carry the cursor past all of them.
     assert!(t_other < t_id);
-    loop {
-        if let Command::Checkpoint { cursor } = next(&mut rx).await
-            && cursor >= t_del
-        {
-            break;
+    // Checkpoints keep coming every 20 ms: bound the wait for the one that passes `t_del`.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Command::Checkpoint { cursor } = next(&mut rx).await
+                && cursor >= t_del
+            {
+                break;
+            }
         }
-    }
+    })
+    .await
+    .expect("a checkpoint past the last event");
     assert_eq!(fake.connections(), 1);
     assert_eq!(
         fake.cursors(),
@@ -152,14 +157,19 @@ async fn ten_dropped_connections_mid_replay_lose_nothing() {
     ));
     let mut seen = HashSet::new();
     let mut last = 0;
-    while seen.len() < 30 {
-        if let Command::Put { rkey, cursor, .. } = next_event(&mut rx).await {
-            // Replays may repeat an event, but never go back further than the rewind.
-            assert!(cursor >= last - 1500, "went back from {last} to {cursor}");
-            last = last.max(cursor);
-            seen.insert(rkey);
+    // Replays repeat events: bound the whole wait, not only each receive.
+    tokio::time::timeout(WAIT, async {
+        while seen.len() < 30 {
+            if let Command::Put { rkey, cursor, .. } = next_event(&mut rx).await {
+                // Replays may repeat an event, but never go back further than the rewind.
+                assert!(cursor >= last - 1500, "went back from {last} to {cursor}");
+                last = last.max(cursor);
+                seen.insert(rkey);
+            }
         }
-    }
+    })
+    .await
+    .expect("all 30 events within the time limit");
     assert_eq!(fake.connections(), 11);
     let cursors = fake.cursors();
     assert!(
@@ -226,9 +236,11 @@ async fn a_full_queue_pauses_intake_and_resumes_without_loss_or_repeats() {
         Health::new(),
     ));
     // Let the queue fill before reading anything: the client must disconnect, not block.
-    while rx.len() < 4 {
-        tokio::task::yield_now().await;
-    }
+    // (A channel tells its receiver nothing about being full: poll, bounded.)
+    assert!(
+        crate::common::eventually(WAIT, || async { rx.len() == 4 }).await,
+        "the queue filled"
+    );
     let mut seen = Vec::new();
     while seen.len() < 40 {
         if let Command::Put { rkey, .. } = next_event(&mut rx).await {

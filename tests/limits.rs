@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::daemon::{TestLabeler, World};
 use crate::common::eventually;
+use crate::common::metrics::{Scoped, scrape};
 use crate::common::net::{
     RawFrame, RawWebSocket, closed_now, connect_from, get, http_from, next_data, subscribe_from,
     until_closed,
@@ -113,11 +114,13 @@ async fn two_thousand_idle_connections_from_one_host_do_not_stop_query_labels() 
     const FLOOD: usize = 2000;
     let per_ip = Options::default().max_connections_per_ip;
     assert!(per_ip < FLOOD);
-    let s = TestServer::start_with(
+    let recorder = Scoped::install();
+    let s = TestServer::start_metered(
         Options {
             header_read_timeout: LONG,
             ..options()
         },
+        recorder.handle.clone(),
         |store| {
             seed(store, 1);
         },
@@ -158,11 +161,15 @@ async fn two_thousand_idle_connections_from_one_host_do_not_stop_query_labels() 
     until_closed(&mut more).await;
     let mut other = connect_from(OTHER, s.addr).await;
     assert_eq!(get(&mut other, "/xrpc/_health").await.status, 200);
-    let (_, _, metrics) = s.get("/metrics").await;
-    assert!(
-        metrics.contains("labeler_server_connections_refused_total{reason=\"per_client\"}"),
-        "{metrics}"
-    );
+    let metrics = scrape(&s.base()).await;
+    let refusals = |reason| {
+        metrics.get(
+            "labeler_server_connections_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(refusals("per_client"), (refused + 1) as f64);
+    assert_eq!(refusals("total"), 0.0);
     s.stop().await;
 }
 
@@ -328,10 +335,15 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
 
 #[tokio::test]
 async fn a_subscriber_that_never_answers_pings_is_closed_and_one_that_does_stays() {
-    let s = TestServer::start(Options {
-        ping_interval: Duration::from_millis(250),
-        ..options()
-    })
+    let recorder = Scoped::install();
+    let s = TestServer::start_metered(
+        Options {
+            ping_interval: Duration::from_millis(250),
+            ..options()
+        },
+        recorder.handle.clone(),
+        |_| {},
+    )
     .await;
     let mut squatter =
         RawWebSocket::connect(FLOODER, s.addr, "/xrpc/com.atproto.label.subscribeLabels").await;
@@ -389,10 +401,10 @@ async fn a_subscriber_that_never_answers_pings_is_closed_and_one_that_does_stays
         .write_labels(&[label("did:plc:second", "spam", false)])
         .unwrap();
     while next_healthy().await.is_none() {}
-    let (_, _, metrics) = s.get("/metrics").await;
-    assert!(
-        metrics.contains("labeler_server_subscribers_unresponsive_total"),
-        "{metrics}"
+    let metrics = scrape(&s.base()).await;
+    assert_eq!(
+        metrics.get("labeler_server_subscribers_unresponsive_total", &[]),
+        1.0
     );
     s.stop().await;
     let _ = tokio::time::timeout(WAIT, reader).await;

@@ -7,8 +7,10 @@
 
 mod cli;
 mod common;
+mod crash;
 mod dns;
 mod health;
+mod hostile;
 mod identity;
 mod jetstream;
 mod lexicons;

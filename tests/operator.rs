@@ -5,9 +5,13 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 use atmos_labeler::label::VERIFIED_MAIL_OPERATOR;
+use atmos_labeler::telemetry::{
+    JETSTREAM_EVENTS, JETSTREAM_LAG, LABELS_CREATED, LABELS_NEGATED, SUBSCRIBERS, VERIFICATIONS,
+};
 
 use crate::common::daemon::{TestLabeler, World};
 use crate::common::dns::Fault;
+use crate::common::process::LabelerProcess;
 
 fn labeler_cmd(dir: &std::path::Path) -> Command {
     let mut cmd = Command::cargo_bin("labeler").unwrap();
@@ -122,68 +126,53 @@ async fn a_label_made_with_the_cli_reaches_a_running_daemons_subscribers() {
     labeler.stop().await;
 }
 
+/// Metrics are read from the real binary in its own process: its recorder counts only what
+/// this test does (the in-process labelers of other tests share one recorder with each other).
 #[tokio::test]
-async fn metrics_expose_the_pipeline_counters_after_an_event() {
+async fn metrics_count_the_event_verification_and_label_of_one_attestation() {
     let world = World::start().await;
-    let labeler = TestLabeler::start(&world, "24h").await;
+    let mut labeler = LabelerProcess::create(&world, "24h");
+    labeler.start(&world).await;
+    let before = labeler.metrics().await;
     let mut sub = labeler.subscribe("").await;
-    world.good_operator("did:plc:metrics", "metrics.test", "r1");
+    let t = world.good_operator("did:plc:metrics", "metrics.test", "r1");
     assert_eq!(sub.next_label().await.1.val, VERIFIED_MAIL_OPERATOR);
-    let text = reqwest::get(format!("http://{}/metrics", labeler.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for metric in [
-        "labeler_jetstream_events_total",
-        "labeler_verifications_total",
-        "labeler_labels_created_total",
-        "labeler_server_subscribers",
-        "labeler_jetstream_lag_seconds",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(metric))
-            .unwrap_or_else(|| panic!("{metric} missing from:\n{text}"));
-        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        if metric.ends_with("_total") || metric == "labeler_server_subscribers" {
-            assert!(value >= 1.0, "{line}");
-        }
-    }
-    labeler.stop().await;
+    // The lag gauge and the saved cursor follow the event; wait for the cursor so the
+    // event's handling is complete before reading.
+    labeler.await_cursor(t).await;
+    let after = labeler.metrics().await;
+
+    let delta = |name, labels: &[(&str, &str)]| before.delta(&after, name, labels);
+    assert_eq!(delta(JETSTREAM_EVENTS, &[("kind", "commit")]), 1.0);
+    assert_eq!(delta(VERIFICATIONS, &[("outcome", "pass")]), 1.0);
+    assert_eq!(
+        delta(LABELS_CREATED, &[("val", VERIFIED_MAIL_OPERATOR)]),
+        1.0
+    );
+    assert_eq!(
+        delta(LABELS_NEGATED, &[("val", VERIFIED_MAIL_OPERATOR)]),
+        0.0
+    );
+    // One subscriber connected: this test's.
+    assert_eq!(after.get(SUBSCRIBERS, &[]), 1.0);
+    assert!(after.has(JETSTREAM_LAG), "the lag gauge is exposed");
+    assert!(after.get(JETSTREAM_LAG, &[]) >= 0.0);
+    assert_eq!(labeler.terminate().await.code(), Some(0));
 }
 
 #[test]
 fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let quickstart = readme
-        .split("## Quickstart")
-        .nth(1)
-        .unwrap()
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let commands: Vec<&str> = quickstart
-        .split("```sh\n")
-        .skip(1)
-        .map(|b| b.split("\n```").next().unwrap().trim())
-        .collect();
+    let commands = readme_sh_blocks("Quickstart");
     assert_eq!(commands, ["cargo run --release", "cargo test --locked"]);
 
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    let ci_commands: Vec<&str> = ci
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty() && !l.starts_with('#') && !l.starts_with("set ") && !l.starts_with("cd ")
-        })
-        .collect();
     assert_eq!(
-        ci_commands,
-        ["cargo test --locked"],
-        ".ci/run runs exactly the README's test command"
+        ci_commands(&ci)
+            .filter(|l| l.starts_with("cargo test"))
+            .collect::<Vec<_>>(),
+        [commands[1].as_str()],
+        ".ci/run runs exactly the README's test command:\n{ci}"
     );
 
     // `cargo run` runs the labeler binary with no arguments: the Docker image's command.
@@ -191,4 +180,61 @@ fn the_readme_quickstart_commands_are_the_ones_ci_and_docker_use() {
     assert!(dockerfile.contains("CMD [\"labeler\"]"), "{dockerfile}");
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("default-run = \"labeler\""));
+}
+
+#[test]
+fn ci_runs_the_checks_the_readme_lists_and_stops_at_the_first_failure() {
+    let blocks = readme_sh_blocks("Continuous integration");
+    let listed: Vec<&str> = blocks.first().map_or("", String::as_str).lines().collect();
+    assert_eq!(
+        listed,
+        [
+            "cargo fmt --all -- --check",
+            "cargo clippy --all-targets --locked -- -D warnings",
+            "RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked",
+            "cargo test --locked",
+        ]
+    );
+
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let run: Vec<&str> = ci_commands(&ci).collect();
+    assert!(run.contains(&"set -euo pipefail"), "{ci}");
+    assert!(run.contains(&"install_deps"), "{ci}");
+    let checks: Vec<&str> = run
+        .iter()
+        .copied()
+        .filter(|l| l.contains("cargo "))
+        .collect();
+    assert_eq!(
+        checks, listed,
+        ".ci/run runs the README's list, in order:\n{ci}"
+    );
+}
+
+/// The `sh` code blocks of one `## ` section of README.md, trimmed.
+fn readme_sh_blocks(section: &str) -> Vec<String> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    readme
+        .split(&format!("## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has no \"{section}\" section"))
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// The command lines of a shell script: no blank lines, comments, or lines of the function
+/// that checks the toolchain.
+fn ci_commands(script: &str) -> impl Iterator<Item = &str> {
+    script
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('}'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains("()"))
 }

@@ -1,4 +1,4 @@
-//! `com.atproto.label.queryLabels` over a real socket: labels-protocol.md §9 items 3, 5 and 7.
+//! `com.atproto.label.queryLabels` over a real socket: docs/protocol.md §2, §4 and §6.
 
 use std::collections::BTreeSet;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::daemon::{TestLabeler, World};
-use crate::common::server::{Event, Subscriber, WAIT};
+use crate::common::server::{Event, Subscriber};
 
 /// One step of the scenario.
 enum Step {
@@ -42,17 +42,16 @@ fn setup(world: &World) {
     }
 }
 
-fn play(world: &World, step: &Step) {
+/// Plays `step`; returns the `time_us` of the event it published.
+fn play(world: &World, step: &Step) -> i64 {
     match *step {
-        Step::Good(i) => {
-            world.publish(
-                &did(i),
-                "good",
-                &World::record(&format!("op{i}.test"), &["default"]),
-            );
-        }
+        Step::Good(i) => world.publish(
+            &did(i),
+            "good",
+            &World::record(&format!("op{i}.test"), &["default"]),
+        ),
         Step::Failing(i) => {
-            world.publish(&did(i), "bad", &World::record("unknown.test", &["default"]));
+            world.publish(&did(i), "bad", &World::record("unknown.test", &["default"]))
         }
         Step::Update(i) => {
             let record = World::record("unknown.test", &["default"]);
@@ -65,12 +64,15 @@ fn play(world: &World, step: &Step) {
             );
             world
                 .jetstream
-                .put(&did(i), "good", &record, "bafyupd", true);
+                .put(&did(i), "good", &record, "bafyupd", true)
         }
-        Step::Delete(i) => {
-            world.unpublish(&did(i), "good");
-        }
+        Step::Delete(i) => world.unpublish(&did(i), "good"),
     }
+}
+
+/// Plays every step; returns the `time_us` of the last event.
+fn play_all(world: &World, steps: &[Step]) -> i64 {
+    steps.iter().map(|s| play(world, s)).max().unwrap()
 }
 
 /// Follows the stream, remembering the latest state per (uri, val) and checking seq order.
@@ -81,29 +83,22 @@ struct Follower {
 }
 
 impl Follower {
-    /// Reads until the labeler's current labels equal what this follower has seen.
-    async fn catch_up(&mut self, labeler: &TestLabeler) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let current: BTreeMap<(String, String), bool> = labeler
-                .all_labels()
-                .await
-                .into_iter()
-                .map(|(u, v, n)| ((u, v), n))
-                .collect();
-            if current == self.state {
+    /// Reads frames until this follower's state equals `current` (the labeler's current
+    /// labels, which no longer change). Every frame is a real notification; the wait for each
+    /// is bounded by `common::server::WAIT`, and their number by far more than the scenario writes.
+    async fn catch_up(&mut self, current: &[(String, String, bool)]) {
+        let current: BTreeMap<(String, String), bool> = current
+            .iter()
+            .map(|(u, v, n)| ((u.clone(), v.clone()), *n))
+            .collect();
+        for _ in 0..1000 {
+            if self.state == current {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "follower never caught up"
-            );
-            let next =
-                tokio::time::timeout(Duration::from_millis(200), self.sub.next_event()).await;
-            if let Ok(event) = next {
-                self.apply(event);
-            }
+            let event = self.sub.next_event().await;
+            self.apply(event);
         }
+        panic!("follower never caught up: {:?} vs {current:?}", self.state);
     }
 
     fn apply(&mut self, event: Event) {
@@ -120,51 +115,20 @@ impl Follower {
     }
 }
 
-/// Waits until the labeler's labels stop changing against `expected` (or returns them).
-async fn settle(
-    labeler: &TestLabeler,
-    expected: Option<&[(String, String, bool)]>,
-) -> Vec<(String, String, bool)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut last = labeler.all_labels().await;
-    let mut stable = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = labeler.all_labels().await;
-        match expected {
-            Some(e) if now == e => return now,
-            None if now == last => {
-                stable += 1;
-                if stable >= 5 {
-                    return now;
-                }
-            }
-            _ => stable = 0,
-        }
-        last = now;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "labels never settled: {last:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn drops_and_a_crash_end_in_the_labels_of_an_uninterrupted_run() {
     // Reference: an uninterrupted run.
     let world = World::start().await;
     setup(&world);
     let reference = TestLabeler::start(&world, "24h").await;
-    for step in grants() {
-        play(&world, &step);
-    }
+    play_all(&world, &grants());
     for i in 0..12 {
         reference.await_verdict(&did(i), "good", &["pass"]).await;
     }
-    for step in withdrawals() {
-        play(&world, &step);
-    }
-    let expected = settle(&reference, None).await;
+    let last = play_all(&world, &withdrawals());
+    // Every event applied and committed once the saved cursor has passed the last one.
+    reference.await_cursor(last).await;
+    let expected = reference.all_labels().await;
     assert_eq!(
         expected.iter().filter(|(_, _, neg)| *neg).count(),
         5,
@@ -194,9 +158,7 @@ async fn drops_and_a_crash_end_in_the_labels_of_an_uninterrupted_run() {
         last_seq: 0,
         state: BTreeMap::new(),
     };
-    for step in grants() {
-        play(&world, &step);
-    }
+    play_all(&world, &grants());
     while follower.state.len() < 12 {
         let e = follower.sub.next_event().await;
         follower.apply(e);
@@ -226,14 +188,16 @@ async fn drops_and_a_crash_end_in_the_labels_of_an_uninterrupted_run() {
     assert!(!negated(&follower, 1), "op01's delete is still in flight");
     let (dir, _tmp) = labeler.crash();
     world.pds.clear_fault(&did(1));
-    play(&world, &Step::Delete(5));
-    play(&world, &Step::Delete(9));
+    let last = play_all(&world, &[Step::Delete(5), Step::Delete(9)]);
     let labeler = TestLabeler::start_tuned(&world, &dir, "24h", |_| {}, tune).await;
     follower.sub = labeler
         .subscribe(&format!("cursor={}", follower.last_seq))
         .await;
 
-    let got = settle(&labeler, Some(&expected)).await;
+    // Once the restarted labeler's saved cursor passes the last event, everything is applied
+    // (op01's delete included: the cursor saved before the crash never passed it).
+    labeler.await_cursor(last).await;
+    let got = labeler.all_labels().await;
     assert_eq!(got, expected);
     // One connection, ten dropped and resumed, one after the restart.
     assert!(
@@ -243,7 +207,7 @@ async fn drops_and_a_crash_end_in_the_labels_of_an_uninterrupted_run() {
     );
 
     // The follower, resuming with its cursor across the crash, reaches the same state.
-    follower.catch_up(&labeler).await;
+    follower.catch_up(&got).await;
 
     // No duplicate label: in the history a (uri, val) never repeats the same polarity back to
     // back, and seqs only grow.

@@ -1,5 +1,5 @@
 //! The XRPC server's operational surface over a real socket: health, the did:web document,
-//! getVerification, metrics, and the XRPC error conventions (labels-protocol.md §4 "Errors",
+//! getVerification, metrics, and the XRPC error conventions (docs/protocol.md §3.2,
 //! §7).
 
 use atmos_labeler::server::Options;
@@ -7,6 +7,9 @@ use atmos_labeler::store::{Attestation, Changes};
 use atmos_labeler::verify::Outcome;
 use serde_json::{Value, json};
 
+use atmos_labeler::telemetry::{HTTP_REQUESTS, QUERY_LATENCY};
+
+use crate::common::metrics::{Scoped, scrape};
 use crate::common::server::{TestServer, key, label, options};
 
 #[tokio::test]
@@ -57,7 +60,7 @@ async fn did_document_is_served_only_for_did_web() {
 }
 
 #[tokio::test]
-async fn xrpc_error_conventions() {
+async fn errors_follow_the_xrpc_conventions() {
     let s = TestServer::start(options()).await;
 
     let (status, ctype, body) = s.get("/xrpc/com.example.nothing").await;
@@ -108,20 +111,46 @@ async fn xrpc_error_conventions() {
 }
 
 #[tokio::test]
-async fn metrics_are_exposed_in_prometheus_text() {
-    let s = TestServer::start(options()).await;
-    s.get("/xrpc/com.atproto.label.queryLabels?uriPatterns=did:plc:x")
+async fn metrics_count_each_request_by_route_and_status_in_prometheus_text() {
+    // This test's own recorder: the servers of other tests, running in parallel in this
+    // process, record elsewhere, so every delta below is this server's alone.
+    let recorder = Scoped::install();
+    let s = TestServer::start_metered(options(), recorder.handle.clone(), |_| {}).await;
+    let before = scrape(&s.base()).await;
+    for _ in 0..3 {
+        let (status, _) = s
+            .get_json("/xrpc/com.atproto.label.queryLabels?uriPatterns=did:plc:x")
+            .await;
+        assert_eq!(status, 200);
+    }
+    s.expect_error("/xrpc/com.atproto.label.queryLabels", 400, "InvalidRequest")
         .await;
-    let (status, ctype, body) = s.get("/metrics").await;
-    assert_eq!(status, 200);
-    assert!(ctype.starts_with("text/plain"), "{ctype}");
-    assert!(
-        body.contains("labeler_server_http_requests_total{route=\"com.atproto.label.queryLabels\",status=\"200\"}"),
-        "{body}"
+    let after = scrape(&s.base()).await;
+
+    let requests = |status| {
+        before.delta(
+            &after,
+            HTTP_REQUESTS,
+            &[
+                ("route", "com.atproto.label.queryLabels"),
+                ("status", status),
+            ],
+        )
+    };
+    assert_eq!((requests("200"), requests("400")), (3.0, 1.0));
+    // Latency is recorded for answered queries only.
+    assert_eq!(
+        before.delta(&after, &format!("{QUERY_LATENCY}_count"), &[]),
+        3.0
     );
-    assert!(
-        body.contains("labeler_server_query_labels_seconds"),
-        "{body}"
+    // The first scrape is itself a request.
+    assert_eq!(
+        before.delta(
+            &after,
+            HTTP_REQUESTS,
+            &[("route", "metrics"), ("status", "200")]
+        ),
+        1.0
     );
     s.stop().await;
 }
@@ -209,7 +238,7 @@ async fn get_verification_reports_attestations_and_labels() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"did": "did:plc:unknown", "attestations": [], "labels": []})
+        json!({"did": "did:plc:unknown", "attestations": [], "labels": [], "refused": []})
     );
     s.expect_error("/xrpc/email.atmos.getVerification", 400, "InvalidRequest")
         .await;

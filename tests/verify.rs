@@ -70,13 +70,25 @@ impl Env {
     /// A check that bypasses every cache (DNS and DID documents).
     async fn check_fresh(&self) -> Report {
         self.checker
-            .check(DID, DOMAIN, &["sel1".to_owned()], true)
+            .check(
+                DID,
+                DOMAIN,
+                &["sel1".to_owned()],
+                atmos_labeler::verify::Vantage::Fresh,
+            )
             .await
     }
 
     async fn check_with(&self, selectors: &[&str]) -> Report {
         let selectors: Vec<String> = selectors.iter().map(|s| (*s).to_owned()).collect();
-        self.checker.check(DID, DOMAIN, &selectors, false).await
+        self.checker
+            .check(
+                DID,
+                DOMAIN,
+                &selectors,
+                atmos_labeler::verify::Vantage::Cached,
+            )
+            .await
     }
 }
 
@@ -172,7 +184,7 @@ async fn a_good_operator_passes_every_check() {
 }
 
 #[tokio::test]
-async fn multi_string_records_cname_keys_and_truncated_answers() {
+async fn multi_string_records_cname_delegated_keys_and_truncated_answers_still_pass() {
     let env = Env::good(None).await;
     env.dns.set_txt_strings(
         DOMAIN,
@@ -268,11 +280,14 @@ async fn timeouts_on_any_checked_name_never_fail() {
         checks.push((domain, faulty));
     }
     let selectors = vec!["sel1".to_owned()];
-    let reports = futures_util::future::join_all(
-        checks
-            .iter()
-            .map(|(domain, _)| env.checker.check(DID, domain, &selectors, false)),
-    )
+    let reports = futures_util::future::join_all(checks.iter().map(|(domain, _)| {
+        env.checker.check(
+            DID,
+            domain,
+            &selectors,
+            atmos_labeler::verify::Vantage::Cached,
+        )
+    }))
     .await;
     for ((_, faulty), report) in checks.iter().zip(reports) {
         assert_eq!(
@@ -298,7 +313,7 @@ async fn timeouts_on_any_checked_name_never_fail() {
 }
 
 #[tokio::test]
-async fn domain_control_rules() {
+async fn domain_control_passes_only_when_dns_points_back_to_the_one_did() {
     let env = Env::good(None).await;
     // Another DID's record.
     env.dns
@@ -375,7 +390,7 @@ async fn domain_control_rules() {
 }
 
 #[tokio::test]
-async fn mx_rules() {
+async fn mx_fails_without_a_usable_public_host_and_passes_with_one() {
     let env = Env::good(None).await;
     env.dns.set_mx(DOMAIN, &[(0, ".")]);
     expect(
@@ -435,7 +450,7 @@ async fn mx_rules() {
 }
 
 #[tokio::test]
-async fn spf_rules_over_real_dns() {
+async fn spf_and_relay_membership_are_judged_through_includes_over_real_dns() {
     let env = Env::good(Some(RELAY)).await;
     let r = env.check().await;
     assert_eq!(r.verdict, Outcome::Pass);
@@ -524,7 +539,7 @@ async fn spf_rules_over_real_dns() {
 }
 
 #[tokio::test]
-async fn dkim_rules() {
+async fn dkim_fails_revoked_weak_testing_duplicate_or_missing_keys() {
     let env = Env::good(None).await;
     let name = "sel1._domainkey.example.test";
     for (records, needle) in [
@@ -560,12 +575,15 @@ async fn dkim_rules() {
 }
 
 #[tokio::test]
-async fn dmarc_rules_and_organisational_fallback() {
+async fn dmarc_fails_weak_policies_and_falls_back_to_the_organisational_domain() {
     let env = Env::start(None).await;
     let domain = "mail.example.test";
     env.dns.publish_good_operator(domain, DID, &["s"]);
     let sel = vec!["s".to_owned()];
-    let check = || env.checker.check(DID, domain, &sel, false);
+    let check = || {
+        env.checker
+            .check(DID, domain, &sel, atmos_labeler::verify::Vantage::Cached)
+    };
     assert_eq!(check().await.verdict, Outcome::Pass);
 
     env.dns
@@ -668,7 +686,10 @@ async fn invalid_inputs_are_reported_without_querying() {
         (DID, "example.test."),
         (DID, "192.0.2.1"),
     ] {
-        let r = env.checker.check(did, domain, &sel, false).await;
+        let r = env
+            .checker
+            .check(did, domain, &sel, atmos_labeler::verify::Vantage::Cached)
+            .await;
         assert_eq!(r.verdict, Outcome::Fail, "{did} {domain}");
         assert_eq!(r.checks.len(), 1);
         assert!(
@@ -693,6 +714,9 @@ async fn invalid_inputs_are_reported_without_querying() {
     let r = env.check_with(&[]).await;
     expect(&r, CheckName::Dkim, None, Outcome::Fail, "no DKIM selector");
     let many: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
-    let r = env.checker.check(DID, DOMAIN, &many, false).await;
+    let r = env
+        .checker
+        .check(DID, DOMAIN, &many, atmos_labeler::verify::Vantage::Cached)
+        .await;
     expect(&r, CheckName::Dkim, None, Outcome::Fail, "at most 16");
 }

@@ -40,7 +40,7 @@ def check(unsigned: dict, sig: bytes, where: str) -> None:
 
 # queryLabels, every page, parsed into the SDK's lexicon models. SDK 0.0.73 types
 # `Label.sig` as `str | bytes` and does not decode the data model's JSON form of bytes,
-# `{"$bytes": "<base64>"}` (spec:/specs/data-model), which every conformant labeler (Ozone
+# `{"$bytes": "<base64>"}` (https://atproto.com/specs/data-model), which every conformant labeler (Ozone
 # included) sends; its typed `query_labels` call therefore raises a ValidationError on any
 # signed label. We decode `$bytes` here, as a Python consumer must, then validate.
 cursor = None

@@ -1,4 +1,4 @@
-//! Jetstream v1 wire events (`jetstream.md` §2) and what they mean to the manager.
+//! Jetstream v1 wire events (`docs/jetstream.md` §2) and what they mean to the manager.
 //!
 //! Parsing is lenient where the wire is open-ended (unknown kinds, unknown account statuses,
 //! missing handles, extra fields such as a v2 host's `cursor`) and strict where we act on the

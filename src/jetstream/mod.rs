@@ -1,7 +1,7 @@
 //! The Jetstream consumer: a WebSocket client for the v1 `/subscribe` protocol
-//! (`jetstream.md` §1a, §2, §3, §10), filtered to `email.atmos.attestation`, uncompressed JSON.
+//! (`docs/jetstream.md` §1, §2, §3, §5), filtered to `email.atmos.attestation`, uncompressed JSON.
 //!
-//! It turns each event into a [`manager::Command`] carrying the event's `time_us` and hands it
+//! It turns each event into a [`Command`] carrying the event's `time_us` and hands it
 //! to the manager; it never writes the cursor itself — the manager commits each event's effect
 //! and the cursor together. Identity and account events arrive for every account on the
 //! network; only those about DIDs we track are passed on, the rest are dropped with a set
@@ -16,7 +16,7 @@
 //! - the socket reader never waits on processing: when the manager's queue is full it
 //!   disconnects, waits for the queue to drain, and resumes from the last event it handed
 //!   over, instead of letting the server's pings go unanswered; the events a rewind sends
-//!   again that were already handed over are dropped here ([`Handed`]), so a burst larger
+//!   again that were already handed over are dropped here (`Handed`), so a burst larger
 //!   than the queue still makes progress;
 //! - malformed frames, unknown kinds and oversized records are logged with the DID and rkey,
 //!   counted, and skipped.
@@ -141,9 +141,9 @@ const MAX_HANDED: usize = 65_536;
 /// second). Keyed by `time_us` and a keyed hash of what the event says (DID, kind, and the
 /// commit's rkey, rev and CID or the account's status), so only the same event matches even
 /// where `time_us` is not unique (a v1 endpoint on a JS2 host after a timestamp import,
-/// `jetstream.md` §2; a false match would need a SipHash collision under this process's
+/// `docs/jetstream.md` §2; a false match would need a SipHash collision under this process's
 /// random key at the same microsecond). Events the first session never handed over — the
-/// ones a v1 host drops at its replay→live cutover (`jetstream.md` §3), which is what the
+/// ones a v1 host drops at its replay→live cutover (`docs/jetstream.md` §3), which is what the
 /// rewind is for — are not in the set, so they still go through.
 #[derive(Debug, Default)]
 struct Handed {
@@ -173,7 +173,9 @@ impl Handed {
                 status,
                 ..
             } => h.hash_one(("account", did, active, status)),
-            Command::Checkpoint { .. } | Command::Recheck { .. } => return None,
+            Command::Checkpoint { .. } | Command::Recheck { .. } | Command::Resync { .. } => {
+                return None;
+            }
         };
         Some((time_us, hash))
     }

@@ -32,11 +32,13 @@ pub(super) fn note_report(did: &str, domain: &str, outcome: Outcome, reason: Str
             outcome,
             reason,
         }],
+        confirmed_by: None,
+        notes: Vec::new(),
     }
 }
 
 /// An attestation's verification state after one more check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Next {
     pub(super) verdict: Outcome,
     pub(super) standing: bool,
@@ -49,7 +51,9 @@ pub(super) struct Next {
 
 /// The standing rules (module docs). `prev` is the attestation's previous state when it is
 /// about the same domain and selectors; `jitter` in [0, 1) spreads re-checks over ±10% of the
-/// interval so they do not all fall due at once.
+/// interval so they do not all fall due at once. While `degraded` (the labeler's own resolver
+/// cannot resolve names it knows exist), staleness does not advance: an undecided round never
+/// takes away an earned standing.
 pub(super) fn advance(
     prev: Option<&Attestation>,
     outcome: Outcome,
@@ -57,6 +61,7 @@ pub(super) fn advance(
     now: i64,
     jitter: f64,
     opts: &Options,
+    degraded: bool,
 ) -> Next {
     let interval = opts.reverify_interval;
     let ms = |d: Duration| d.as_millis() as i64;
@@ -90,7 +95,8 @@ pub(super) fn advance(
             let undecided = prev.map_or(0, |p| p.consecutive_undecided) + 1;
             let last_definitive_ms = prev.and_then(|p| p.last_definitive_ms);
             // Transient trouble keeps an earned standing until it goes stale.
-            let fresh_enough = last_definitive_ms.is_some_and(|t| now - t <= ms(opts.stale_after));
+            let fresh_enough =
+                degraded || last_definitive_ms.is_some_and(|t| now - t <= ms(opts.stale_after));
             let standing = prev.is_some_and(|p| p.standing) && fresh_enough;
             Next {
                 verdict: Outcome::CouldNotDecide,
@@ -105,11 +111,22 @@ pub(super) fn advance(
     }
 }
 
+/// `next` with the withdrawal the guard holds undone: `prev`'s standing and relay membership
+/// kept, and the next check at `recheck_ms` so the withdrawal is tried again soon.
+pub(super) fn held(prev: &Attestation, next: Next, recheck_ms: i64) -> Next {
+    Next {
+        standing: prev.standing,
+        relay_member: prev.relay_member,
+        next_check_ms: recheck_ms.min(next.next_check_ms),
+        ..next
+    }
+}
+
 /// Which labels change for `did` once `changes` apply on top of `state`:
 /// `verified-mail-operator` while the account is active and any attestation stands;
 /// `relay-member` while, in addition, a standing attestation is a relay member. A label that
 /// should not be held any more is negated with the same (src, uri, cid, val) — the caller's
-/// store gives the negation a new seq (labels-protocol.md §6).
+/// store gives the negation a new seq (docs/protocol.md §6).
 pub(super) fn decide_labels(
     did: &str,
     src: &str,
@@ -170,6 +187,8 @@ mod tests {
             reverify_interval: Duration::from_secs(24 * 3600),
             stale_after: Duration::from_secs(72 * 3600),
             concurrency: 4,
+            verify_deadline: Duration::from_secs(60),
+            account_retry: Duration::from_secs(60),
             clock: Clock::System,
         }
     }
@@ -206,7 +225,7 @@ mod tests {
     fn pass_grants_standing_and_schedules_within_ten_percent_of_the_interval() {
         let o = opts();
         for jitter in [0.0, 0.5, 0.999] {
-            let n = advance(None, Outcome::Pass, true, 1000, jitter, &o);
+            let n = advance(None, Outcome::Pass, true, 1000, jitter, &o, false);
             assert!(n.standing && n.relay_member);
             let d = n.next_check_ms - 1000;
             assert!((21 * H..=27 * H).contains(&d), "{d}");
@@ -218,20 +237,36 @@ mod tests {
         let o = opts();
         let mut prev = att("r", true, true);
         prev.last_definitive_ms = Some(0);
-        let n = advance(Some(&prev), Outcome::CouldNotDecide, false, 71 * H, 0.0, &o);
+        let n = advance(
+            Some(&prev),
+            Outcome::CouldNotDecide,
+            false,
+            71 * H,
+            0.0,
+            &o,
+            false,
+        );
         assert!(n.standing && n.relay_member, "within 72h the label stays");
         assert_eq!(n.next_check_ms - 71 * H, 5 * 60 * 1000);
         assert_eq!(n.last_definitive_ms, Some(0));
 
         prev.consecutive_undecided = 10;
-        let n = advance(Some(&prev), Outcome::CouldNotDecide, false, 73 * H, 0.0, &o);
+        let n = advance(
+            Some(&prev),
+            Outcome::CouldNotDecide,
+            false,
+            73 * H,
+            0.0,
+            &o,
+            false,
+        );
         assert!(
             !n.standing && !n.relay_member,
             "after 72h without an answer it is withdrawn"
         );
         assert_eq!(n.next_check_ms - 73 * H, 4 * H, "backoff is capped");
 
-        let n = advance(None, Outcome::CouldNotDecide, false, 0, 0.0, &o);
+        let n = advance(None, Outcome::CouldNotDecide, false, 0, 0.0, &o, false);
         assert!(!n.standing, "an undecided first check never grants");
     }
 
@@ -239,11 +274,11 @@ mod tests {
     fn failure_drops_standing_and_rechecks_sooner_each_time_up_to_the_interval() {
         let o = opts();
         let mut prev = att("r", true, false);
-        let n = advance(Some(&prev), Outcome::Fail, false, 0, 0.0, &o);
+        let n = advance(Some(&prev), Outcome::Fail, false, 0, 0.0, &o, false);
         assert!(!n.standing);
         assert_eq!((n.consecutive_failures, n.next_check_ms), (1, H));
         prev.consecutive_failures = 30;
-        let n = advance(Some(&prev), Outcome::Fail, false, 0, 0.0, &o);
+        let n = advance(Some(&prev), Outcome::Fail, false, 0, 0.0, &o, false);
         assert_eq!(n.next_check_ms, 24 * H);
     }
 

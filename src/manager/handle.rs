@@ -1,31 +1,91 @@
-//! What one command does: confirm the record at its PDS, verify, decide, commit.
+//! What one command does: ask the author's PDS, verify, ask the guard, commit.
+//!
+//! Every command ends in one store transaction that carries the DID's new state, its labels
+//! and the cursor watermark. The network part (PDS, PLC, every DNS query) runs under one
+//! deadline per record, `verifyDeadline`; past it the outcome is "could not decide".
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::decide::{advance, decide_labels, failing_reasons, note_report};
-use super::{Command, Error, Shared, with_retries};
+use super::decide::{self, advance, decide_labels, failing_reasons, note_report};
+use super::pds::{Found, RepoState};
+use super::{Command, Error, HOLD_RETRY, MAX_ATTESTATIONS, MAX_LIST_PAGES, Shared, with_retries};
 use crate::attestation::{self, Record};
 use crate::label;
-use crate::store::{Account, Attestation, Changes, DidState, RecordRev};
+use crate::store::{Account, Attestation, Changes, DidState, MAX_REFUSALS, RecordRev, Refusal};
 use crate::telemetry;
-use crate::verify::{Outcome, Report};
+use crate::verify::{self, Outcome, Report, Vantage};
 
 /// Where the content to verify comes from.
 #[derive(Debug)]
 enum Source {
-    /// A record copy to validate and verify (the PDS's, or Jetstream's when not confirming).
-    Record { value: Value, cid: Option<String> },
+    /// Ask the author's PDS; `fallback` is Jetstream's copy, kept (never labelled) for a record
+    /// the labeler does not know yet while the PDS cannot be asked.
+    Pds {
+        fallback: Option<(Value, Option<String>)>,
+    },
+    /// A copy already in hand: Jetstream's (without PDS confirmation) or a `listRecords`
+    /// page's.
+    Copy {
+        value: Value,
+        cid: Option<String>,
+        account: Option<Account>,
+    },
+    /// Jetstream says it was deleted (without PDS confirmation).
+    Deleted,
     /// Re-verify the stored domain and selectors (re-checks without PDS confirmation).
     Stored,
-    /// The record does not exist (confirmed delete, or the PDS denies it).
-    Gone,
-    /// The PDS could not be asked; `fallback` is Jetstream's unconfirmed copy, if any.
+}
+
+/// What the network part of a command decided, ready to commit.
+#[derive(Debug)]
+enum Plan {
+    /// Nothing to write but the cursor.
+    Nothing,
+    /// The record is gone (a proven delete).
+    Gone { account: Option<Account> },
+    /// The account is not active: labels withheld, attestation kept.
+    Inactive(Account),
+    /// Nothing could be learnt about the record.
     Unreachable {
         reason: String,
         fallback: Option<(Value, Option<String>)>,
     },
+    /// The record breaks the lexicon.
+    Invalid {
+        domain: String,
+        cid: Option<String>,
+        reason: String,
+        account: Option<Account>,
+    },
+    /// The DID already holds the most attestations a DID may.
+    Refused(String),
+    /// The checks ran.
+    Checked(Box<Verified>),
+}
+
+/// One verification, ready to commit.
+#[derive(Debug)]
+struct Verified {
+    record: Record,
+    cid: Option<String>,
+    report: Report,
+    /// Why a would-be withdrawal is held, if the guard holds it.
+    hold: Option<String>,
+    /// The labeler's own resolver is failing: staleness does not advance.
+    degraded: bool,
+    /// The account's status, when the PDS gave it along the way.
+    account: Option<Account>,
+}
+
+/// An attestation's new state: what the store needs besides the report.
+struct Round {
+    outcome: Outcome,
+    relay: bool,
+    report: Report,
+    hold: Option<String>,
+    degraded: bool,
 }
 
 impl Shared {
@@ -37,15 +97,6 @@ impl Shared {
             async move { store.call(move |s| s.attestations_for(&did)).await }
         })
         .await
-    }
-
-    /// One stored attestation.
-    async fn attestation(&self, did: &str, rkey: &str) -> Result<Option<Attestation>, Error> {
-        Ok(self
-            .attestations(did)
-            .await?
-            .into_iter()
-            .find(|a| a.rkey == rkey))
     }
 
     pub(super) async fn handle(&self, cmd: Command) -> Result<(), Error> {
@@ -77,29 +128,31 @@ impl Shared {
             } => self.on_account(&did, active, status, cursor).await,
             Command::Recheck { did, rkey } => {
                 let source = if self.options.verify_records_at_pds {
-                    self.fetch(&did, &rkey, None).await
+                    Source::Pds { fallback: None }
                 } else {
                     Source::Stored
                 };
                 self.reconcile(&did, &rkey, None, source, None).await
             }
+            Command::Resync {
+                did,
+                cursor,
+                copies,
+            } => self.resync(&did, copies, cursor).await,
             Command::Checkpoint { .. } => Ok(()),
         };
         if let Some(t) = cursor {
             // Finished (committed or skipped): later commits may carry the cursor past it.
             // On error the daemon stops and the event is replayed after restart.
             if result.is_ok() {
-                self.watermark
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .finish(t);
+                self.finish(t);
             }
         }
         result
     }
 
     /// A create/update (`copy` is Jetstream's record and CID) or a delete (`copy` is `None`).
-    /// With PDS confirmation, both only trigger a fetch of the record's current state at the
+    /// With PDS confirmation, both only trigger a look at the record's current state at the
     /// author's PDS, which decides; without it, Jetstream's word is taken.
     async fn on_record(
         &self,
@@ -113,9 +166,13 @@ impl Shared {
             return Ok(());
         }
         let source = match copy {
-            _ if self.options.verify_records_at_pds => self.fetch(did, rkey, copy).await,
-            Some((value, cid)) => Source::Record { value, cid },
-            None => Source::Gone,
+            _ if self.options.verify_records_at_pds => Source::Pds { fallback: copy },
+            Some((value, cid)) => Source::Copy {
+                value,
+                cid,
+                account: None,
+            },
+            None => Source::Deleted,
         };
         self.reconcile(did, rkey, Some(rev), source, Some(cursor))
             .await
@@ -146,30 +203,6 @@ impl Shared {
         Ok(dup)
     }
 
-    /// Asks the author's PDS for the current record.
-    async fn fetch(
-        &self,
-        did: &str,
-        rkey: &str,
-        fallback: Option<(Value, Option<String>)>,
-    ) -> Source {
-        match self.identity.get_record(did, attestation::NSID, rkey).await {
-            Ok(Some(copy)) => Source::Record {
-                value: copy.value,
-                cid: copy.cid,
-            },
-            Ok(None) => Source::Gone,
-            Err(e) if e.is_definitive() => {
-                tracing::info!(did, rkey, error = %e, "DID does not resolve; treating the record as gone");
-                Source::Gone
-            }
-            Err(e) => Source::Unreachable {
-                reason: format!("could not fetch the record from the author's PDS: {e}"),
-                fallback,
-            },
-        }
-    }
-
     async fn on_identity(&self, did: &str) -> Result<(), Error> {
         self.identity.forget(did);
         let rkeys: Vec<String> = self
@@ -188,7 +221,7 @@ impl Shared {
         );
         for rkey in rkeys {
             let source = if self.options.verify_records_at_pds {
-                self.fetch(did, &rkey, None).await
+                Source::Pds { fallback: None }
             } else {
                 Source::Stored
             };
@@ -197,6 +230,9 @@ impl Shared {
         Ok(())
     }
 
+    /// An account event. With PDS confirmation the claim only triggers a look at the repo's
+    /// status; one that cannot be read now is retried (the DID's attestations come due
+    /// soon, and their re-checks read the status again, with backoff), never dropped.
     async fn on_account(
         &self,
         did: &str,
@@ -208,33 +244,167 @@ impl Shared {
             // A DID whose attestations were all deleted (or never confirmed): nothing to do.
             return Ok(());
         }
-        let (active, status) = if self.options.verify_records_at_pds {
-            // Account events are unauthenticated claims too: ask the PDS.
-            match self.identity.repo_status(did).await {
-                Ok(s) => (s.active, s.status),
-                Err(e) if e.is_definitive() => (false, Some("deleted".to_owned())),
-                Err(e) => {
-                    tracing::warn!(did, claimed_active = active, error = %e,
-                        "account event could not be confirmed at the PDS; ignoring it for now");
+        let now = self.options.clock.now_ms();
+        let account = if self.options.verify_records_at_pds {
+            let state = tokio::time::timeout(self.options.verify_deadline, self.repo_state(did))
+                .await
+                .unwrap_or_else(|_| RepoState::Unknown(self.deadline_reason()));
+            match state {
+                RepoState::Known(a) => a,
+                RepoState::Unknown(why) => {
+                    tracing::warn!(did, claimed_active = active, reason = %why,
+                        "account event could not be confirmed at the PDS; re-checking soon");
                     metrics::counter!(telemetry::MANAGER_FAILURES, "reason" => "account-unconfirmed")
                         .increment(1);
-                    return Ok(());
+                    let by = now + self.options.account_retry.as_millis() as i64;
+                    return self
+                        .commit(did.to_owned(), Some(cursor), move |_, changes| {
+                            changes.recheck_by_ms = Some(by);
+                        })
+                        .await;
                 }
             }
         } else {
-            (active, status)
+            Account { active, status }
         };
         tracing::info!(
             did,
-            active,
-            status = status.as_deref().unwrap_or(""),
+            active = account.active,
+            status = account.status.as_deref().unwrap_or(""),
             "account status"
         );
-        let account = Account { active, status };
-        self.commit(did.to_owned(), Some(cursor), move |_, changes| {
+        self.commit(did.to_owned(), Some(cursor), move |state, changes| {
+            let was_active = state.account.as_ref().is_none_or(|a| a.active);
+            if account.active && !was_active {
+                // Reactivated: re-check now, so standing that went stale comes back too.
+                changes.recheck_by_ms = Some(now);
+            }
             changes.account = Some(account.clone());
         })
         .await
+    }
+
+    /// Re-reads every attestation record of a DID from its PDS (`listRecords`): what a DID's
+    /// queue collapses into when it holds more commands than a DID may (the module docs).
+    /// `copies` are Jetstream's latest copies of records it announced, kept (never labelled)
+    /// for records the labeler does not know yet if the PDS cannot be asked.
+    async fn resync(
+        &self,
+        did: &str,
+        copies: Vec<(String, Value, Option<String>)>,
+        cursor: Option<i64>,
+    ) -> Result<(), Error> {
+        // Only the last commit carries the cursor: the oldest event this resync absorbed is
+        // finished once every record's outcome is committed, not at the first of them.
+        self.identity.forget(did);
+        let listing = tokio::time::timeout(self.options.verify_deadline, self.list_all(did))
+            .await
+            .unwrap_or_else(|_| Err(self.deadline_reason()));
+        let stored = self.attestations(did).await?;
+        let (account, listed) = match listing {
+            Ok(Listing::Inactive(account)) => {
+                for a in &stored {
+                    self.apply(did, &a.rkey, None, Plan::Inactive(account.clone()), None)
+                        .await?;
+                }
+                return self.commit(did.to_owned(), cursor, |_, _| {}).await;
+            }
+            Ok(Listing::Records(account, listed)) => (account, listed),
+            Err(reason) => {
+                tracing::warn!(did, %reason, "could not re-read the DID's records; will retry");
+                for a in &stored {
+                    let plan = Plan::Unreachable {
+                        reason: reason.clone(),
+                        fallback: None,
+                    };
+                    self.apply(did, &a.rkey, None, plan, None).await?;
+                }
+                for (rkey, value, cid) in copies {
+                    if !stored.iter().any(|a| a.rkey == rkey) {
+                        let plan = Plan::Unreachable {
+                            reason: reason.clone(),
+                            fallback: Some((value, cid)),
+                        };
+                        self.apply(did, &rkey, None, plan, None).await?;
+                    }
+                }
+                return self.commit(did.to_owned(), cursor, |_, _| {}).await;
+            }
+        };
+        // Stored records the active repo no longer has are proven gone.
+        for a in &stored {
+            if !listed.iter().any(|(rkey, _, _)| *rkey == a.rkey) {
+                let plan = Plan::Gone {
+                    account: Some(account.clone()),
+                };
+                self.apply(did, &a.rkey, None, plan, None).await?;
+            }
+        }
+        // Tracked records first, then the others oldest first (rkeys are TIDs), up to the
+        // most one DID may hold; the newest beyond it are refused.
+        let mut order: Vec<&(String, Value, Option<String>)> = listed.iter().collect();
+        order.sort_by_key(|(rkey, _, _)| (!stored.iter().any(|a| a.rkey == *rkey), rkey.clone()));
+        let (admitted, refused) = order.split_at(order.len().min(MAX_ATTESTATIONS));
+        for (rkey, value, cid) in admitted {
+            let source = Source::Copy {
+                value: value.clone(),
+                cid: cid.clone(),
+                account: Some(account.clone()),
+            };
+            self.reconcile(did, rkey, None, source, None).await?;
+        }
+        if !refused.is_empty() {
+            let reason = refusal_reason(did, refused.len());
+            let now = self.options.clock.now_ms();
+            let refusals: Vec<Refusal> = refused
+                .iter()
+                .rev()
+                .take(MAX_REFUSALS)
+                .map(|(rkey, _, _)| Refusal {
+                    rkey: rkey.clone(),
+                    reason: reason.clone(),
+                    at_ms: now,
+                })
+                .collect();
+            tracing::warn!(
+                did,
+                refused = refused.len(),
+                "attestations refused: too many for one DID"
+            );
+            self.commit(did.to_owned(), None, move |_, changes| {
+                changes.refused = refusals.clone();
+            })
+            .await?;
+        }
+        self.commit(did.to_owned(), cursor, |_, _| {}).await
+    }
+
+    /// Every attestation record in the DID's repo (bounded), or the account's inactive state.
+    async fn list_all(&self, did: &str) -> Result<Listing, String> {
+        let account = match self.repo_state(did).await {
+            RepoState::Known(a) if !a.active => return Ok(Listing::Inactive(a)),
+            RepoState::Known(a) => a,
+            RepoState::Unknown(why) => return Err(why),
+        };
+        let mut listed = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let (page, next) = self
+                .identity
+                .list_records(did, attestation::NSID, 100, cursor.as_deref())
+                .await
+                .map_err(|e| format!("could not list the records at the author's PDS: {e}"))?;
+            for copy in page {
+                if let Some(rkey) = copy.uri.rsplit('/').next() {
+                    listed.push((rkey.to_owned(), copy.value, copy.cid));
+                }
+            }
+            match next {
+                Some(n) if Some(&n) != cursor.as_ref() => cursor = Some(n),
+                _ => break,
+            }
+        }
+        Ok(Listing::Records(account, listed))
     }
 
     /// Brings one attestation in line with `source` and commits the outcome.
@@ -246,42 +416,60 @@ impl Shared {
         source: Source,
         cursor: Option<i64>,
     ) -> Result<(), Error> {
-        let rev_entry = |deleted: bool| {
-            rev.clone().map(|rev| RecordRev {
-                rkey: rkey.to_owned(),
-                rev,
-                deleted,
-            })
+        let fallback = match &source {
+            Source::Pds { fallback } => fallback.clone(),
+            _ => None,
         };
-        let now = self.options.clock.now_ms();
-        let (value, cid, confirmed) = match source {
-            Source::Gone => {
-                let rkey_owned = rkey.to_owned();
-                let tomb = rev_entry(true);
-                tracing::info!(did, rkey, "attestation deleted");
-                return self
-                    .commit(did.to_owned(), cursor, move |state, changes| {
-                        if state.attestation(&rkey_owned).is_some() {
-                            changes.delete.push(rkey_owned.clone());
-                        }
-                        changes.revs.extend(tomb.clone());
-                    })
-                    .await;
-            }
-            Source::Unreachable { reason, fallback } => {
-                let Some((value, cid)) = fallback else {
-                    return self
-                        .undecided_without_record(did, rkey, reason, cursor)
-                        .await;
-                };
-                // Only Jetstream's copy: never labelled; verified once the PDS answers.
-                tracing::warn!(did, rkey, %reason, "record not confirmed; will retry");
-                (value, cid, Some(reason))
-            }
-            Source::Record { value, cid } => (value, cid, None),
+        let plan = match tokio::time::timeout(
+            self.options.verify_deadline,
+            self.gather(did, rkey, source),
+        )
+        .await
+        {
+            Ok(plan) => plan?,
+            Err(_) => Plan::Unreachable {
+                reason: self.deadline_reason(),
+                fallback,
+            },
+        };
+        self.apply(did, rkey, rev, plan, cursor).await
+    }
+
+    fn deadline_reason(&self) -> String {
+        format!(
+            "the verification did not finish within {} (the PDS, the PLC directory or DNS was \
+             too slow)",
+            humantime::format_duration(self.options.verify_deadline)
+        )
+    }
+
+    /// The network part: what the PDS says, the checks from each vantage point, the guard.
+    async fn gather(&self, did: &str, rkey: &str, source: Source) -> Result<Plan, Error> {
+        let (value, cid, account) = match source {
+            Source::Pds { fallback } => match self.ask_pds(did, rkey).await {
+                Found::Record {
+                    value,
+                    cid,
+                    account,
+                } => (value, cid, account),
+                Found::Gone { account } => {
+                    return Ok(Plan::Gone {
+                        account: Some(account),
+                    });
+                }
+                Found::Inactive(account) => return Ok(Plan::Inactive(account)),
+                Found::Unreachable(reason) => return Ok(Plan::Unreachable { reason, fallback }),
+            },
+            Source::Copy {
+                value,
+                cid,
+                account,
+            } => (value, cid, account),
+            Source::Deleted => return Ok(Plan::Gone { account: None }),
             Source::Stored => {
-                let Some(a) = self.attestation(did, rkey).await? else {
-                    return Ok(());
+                let stored = self.attestations(did).await?;
+                let Some(a) = stored.into_iter().find(|a| a.rkey == rkey) else {
+                    return Ok(Plan::Nothing);
                 };
                 let value = serde_json::json!({
                     "$type": attestation::NSID,
@@ -292,11 +480,9 @@ impl Shared {
                 (value, a.record_cid, None)
             }
         };
-
         let record = match Record::from_json(&value) {
             Ok(r) => r,
             Err(e) => {
-                tracing::info!(did, rkey, reason = %e, "attestation record is invalid; not verifying it");
                 let domain = value
                     .get("domain")
                     .and_then(Value::as_str)
@@ -304,126 +490,337 @@ impl Shared {
                     .chars()
                     .take(253)
                     .collect::<String>();
-                let report = note_report(did, &domain, Outcome::Fail, e.to_string());
-                let selectors = Vec::new();
-                return self
-                    .store_verdict(
-                        did,
-                        rkey,
-                        rev_entry(false),
-                        domain,
-                        selectors,
-                        None,
-                        cid,
-                        report,
-                        cursor,
-                        now,
-                    )
-                    .await;
+                return Ok(Plan::Invalid {
+                    domain,
+                    cid,
+                    reason: e.to_string(),
+                    account,
+                });
             }
         };
-
-        if let Some(reason) = confirmed {
-            let report = note_report(did, &record.domain, Outcome::CouldNotDecide, reason);
-            // Not confirmed: no revision recorded, so a replay retries it.
-            return self
-                .store_verdict(
-                    did,
-                    rkey,
-                    None,
-                    record.domain,
-                    record.dkim_selectors,
-                    Some(record.created_at),
-                    cid,
-                    report,
-                    cursor,
-                    now,
-                )
-                .await;
+        let stored = self.attestations(did).await?;
+        let prev = stored.iter().find(|a| a.rkey == rkey);
+        if prev.is_none() && stored.len() >= MAX_ATTESTATIONS {
+            return Ok(Plan::Refused(refusal_reason(did, 1)));
         }
+        let report = self.check(did, &record).await;
 
-        let mut report = self
-            .checker
-            .check(did, &record.domain, &record.dkim_selectors, false)
-            .await;
-        if report.verdict == Outcome::Fail {
-            // Confirm a definitive failure with fresh queries before acting on it
-            // (mail-dns.md §6: a resolver can fake absence).
-            let fresh = self
-                .checker
-                .check(did, &record.domain, &record.dkim_selectors, true)
-                .await;
-            if fresh.verdict != Outcome::Fail {
-                tracing::info!(did, domain = %record.domain, verdict = ?fresh.verdict,
-                    "failure not confirmed by a fresh re-check");
+        // The guard: would this withdraw a standing attestation?
+        let prev =
+            prev.filter(|p| p.domain == record.domain && p.selectors == record.dkim_selectors);
+        let standing = prev.is_some_and(|p| p.standing);
+        let degraded = standing
+            && report.verdict != Outcome::Pass
+            && self.guard.resolver_degraded().await.is_some();
+        let mut hold = None;
+        if standing {
+            self.guard.observe_recheck(did, rkey);
+            let now = self.options.clock.now_ms();
+            let next = advance(
+                prev,
+                report.verdict,
+                report.relay_member(),
+                now,
+                0.5,
+                &self.options,
+                degraded,
+            );
+            if !next.standing {
+                hold = self
+                    .guard
+                    .allow_withdrawal(did, rkey, &record.domain)
+                    .await
+                    .err();
             }
-            report = fresh;
         }
-        self.store_verdict(
-            did,
-            rkey,
-            rev_entry(false),
-            record.domain,
-            record.dkim_selectors,
-            Some(record.created_at),
+        Ok(Plan::Checked(Box::new(Verified {
+            record,
             cid,
             report,
-            cursor,
-            now,
-        )
-        .await
+            hold,
+            degraded,
+            account,
+        })))
     }
 
-    /// A re-check whose record could not be fetched: counts as an undecided round for the
-    /// stored attestation (nothing to do if there is none).
-    async fn undecided_without_record(
+    /// Runs the checks; a failure is looked at again without caches, then confirmed through
+    /// the independent path before it counts (`verify::confirm`).
+    async fn check(&self, did: &str, record: &Record) -> Report {
+        let (domain, selectors) = (&record.domain, &record.dkim_selectors);
+        let report = self
+            .checker
+            .check(did, domain, selectors, Vantage::Cached)
+            .await;
+        if report.verdict != Outcome::Fail {
+            return report;
+        }
+        let fresh = self
+            .checker
+            .check(did, domain, selectors, Vantage::Fresh)
+            .await;
+        if fresh.verdict != Outcome::Fail {
+            tracing::info!(did, %domain, verdict = fresh.verdict.as_str(),
+                "failure not seen again without caches");
+            return fresh;
+        }
+        let second = self
+            .checker
+            .check(did, domain, selectors, Vantage::Confirm)
+            .await;
+        let by = self.checker.describe(Vantage::Confirm).to_owned();
+        let confirmed = verify::confirm(&fresh, &second, &by);
+        if confirmed.verdict != Outcome::Fail {
+            tracing::warn!(did, %domain, path = %by,
+                "failure not confirmed through the independent path; nothing is withdrawn");
+        }
+        confirmed
+    }
+
+    /// Commits what [`Shared::gather`] decided.
+    async fn apply(
+        &self,
+        did: &str,
+        rkey: &str,
+        rev: Option<String>,
+        plan: Plan,
+        cursor: Option<i64>,
+    ) -> Result<(), Error> {
+        let rev_entry = |deleted: bool| {
+            rev.clone().map(|rev| RecordRev {
+                rkey: rkey.to_owned(),
+                rev,
+                deleted,
+            })
+        };
+        let rkey_s = rkey.to_owned();
+        match plan {
+            Plan::Nothing => self.commit(did.to_owned(), cursor, |_, _| {}).await,
+            Plan::Gone { account } => {
+                let tomb = rev_entry(true);
+                tracing::info!(did, rkey, "attestation deleted");
+                self.commit(did.to_owned(), cursor, move |state, changes| {
+                    if state.attestation(&rkey_s).is_some() {
+                        changes.delete.push(rkey_s.clone());
+                    }
+                    changes.unrefuse.push(rkey_s.clone());
+                    changes.revs.extend(tomb.clone());
+                    changes.account = account.clone().filter(|_| !state.attestations.is_empty());
+                })
+                .await
+            }
+            Plan::Inactive(account) => {
+                let status = account.status.clone().unwrap_or_default();
+                tracing::info!(did, rkey, %status, "account not active; labels withheld");
+                let reason = format!(
+                    "the account is {status} at its PDS: its labels are withheld until it is \
+                     active again (the attestation is kept)"
+                );
+                self.stored_round(did, rkey, reason, Some(account), cursor)
+                    .await
+            }
+            Plan::Unreachable { reason, fallback } => {
+                let known = self.attestations(did).await?.iter().any(|a| a.rkey == rkey);
+                match fallback {
+                    // Jetstream's copy of a record the labeler does not know: kept as
+                    // "could not decide" (never labelled) so the re-check finds it.
+                    Some((value, cid)) if !known => {
+                        tracing::warn!(did, rkey, %reason, "record not confirmed; will retry");
+                        match Record::from_json(&value) {
+                            Ok(record) => {
+                                let report = note_report(
+                                    did,
+                                    &record.domain,
+                                    Outcome::CouldNotDecide,
+                                    reason,
+                                );
+                                // Not confirmed: no revision recorded, so a replay retries it.
+                                self.store_round(
+                                    did,
+                                    rkey,
+                                    None,
+                                    &record,
+                                    cid,
+                                    None,
+                                    plain(report),
+                                    cursor,
+                                )
+                                .await
+                            }
+                            Err(_) => self.commit(did.to_owned(), cursor, |_, _| {}).await,
+                        }
+                    }
+                    // A known record keeps its confirmed content and standing: only its
+                    // round counts as undecided.
+                    _ => self.stored_round(did, rkey, reason, None, cursor).await,
+                }
+            }
+            Plan::Invalid {
+                domain,
+                cid,
+                reason,
+                account,
+            } => {
+                tracing::info!(did, rkey, %reason, "attestation record is invalid; not verifying it");
+                let report = note_report(did, &domain, Outcome::Fail, reason);
+                let record = Record {
+                    domain,
+                    dkim_selectors: Vec::new(),
+                    created_at: String::new(),
+                };
+                self.store_round(
+                    did,
+                    rkey,
+                    rev_entry(false),
+                    &record,
+                    cid,
+                    account,
+                    plain(report),
+                    cursor,
+                )
+                .await
+            }
+            Plan::Refused(reason) => {
+                tracing::warn!(did, rkey, %reason, "attestation refused");
+                let at_ms = self.options.clock.now_ms();
+                self.commit(did.to_owned(), cursor, move |_, changes| {
+                    changes.refused.push(Refusal {
+                        rkey: rkey_s.clone(),
+                        reason: reason.clone(),
+                        at_ms,
+                    });
+                })
+                .await
+            }
+            Plan::Checked(v) => {
+                let Verified {
+                    record,
+                    cid,
+                    mut report,
+                    hold,
+                    degraded,
+                    account,
+                } = *v;
+                if let Some(h) = &hold {
+                    tracing::warn!(did, domain = %record.domain, reason = %h, "withdrawal held");
+                    report.notes.push(h.clone());
+                }
+                let round = Round {
+                    outcome: report.verdict,
+                    relay: report.relay_member(),
+                    report,
+                    hold,
+                    degraded,
+                };
+                self.store_round(
+                    did,
+                    rkey,
+                    rev_entry(false),
+                    &record,
+                    cid,
+                    account,
+                    round,
+                    cursor,
+                )
+                .await
+            }
+        }
+    }
+
+    /// An undecided round for a stored attestation, keeping its confirmed content (nothing to
+    /// do if there is none). `account`, when known, is recorded too.
+    async fn stored_round(
         &self,
         did: &str,
         rkey: &str,
         reason: String,
+        account: Option<Account>,
         cursor: Option<i64>,
     ) -> Result<(), Error> {
-        let Some(a) = self.attestation(did, rkey).await? else {
-            tracing::warn!(did, rkey, %reason, "record could not be fetched and is unknown; skipping");
+        let stored = self.attestations(did).await?;
+        let Some(a) = stored.iter().find(|a| a.rkey == rkey) else {
+            tracing::debug!(did, rkey, %reason, "nothing stored for this record; skipping");
             return self.commit(did.to_owned(), cursor, |_, _| {}).await;
         };
-        let report = note_report(did, &a.domain, Outcome::CouldNotDecide, reason);
-        let now = self.options.clock.now_ms();
-        self.store_verdict(
+        let mut report = note_report(did, &a.domain, Outcome::CouldNotDecide, reason);
+        // A long PDS outage is one more way the labeler could withdraw by its own fault: a
+        // standing attestation about to go stale asks the guard first. (An inactive account's
+        // labels are withheld already; nothing to guard.)
+        let mut hold = None;
+        let inactive = account.as_ref().is_some_and(|a| !a.active);
+        if a.standing && !inactive {
+            let now = self.options.clock.now_ms();
+            let next = advance(
+                Some(a),
+                Outcome::CouldNotDecide,
+                false,
+                now,
+                0.5,
+                &self.options,
+                false,
+            );
+            if !next.standing {
+                hold = self
+                    .guard
+                    .allow_withdrawal(did, rkey, &a.domain)
+                    .await
+                    .err();
+                if let Some(h) = &hold {
+                    report.notes.push(h.clone());
+                }
+            }
+        }
+        let record = Record {
+            domain: a.domain.clone(),
+            dkim_selectors: a.selectors.clone(),
+            created_at: a.created_at.clone().unwrap_or_default(),
+        };
+        let round = Round {
+            outcome: Outcome::CouldNotDecide,
+            relay: false,
+            report,
+            hold,
+            degraded: false,
+        };
+        self.store_round(
             did,
             rkey,
             None,
-            a.domain,
-            a.selectors,
-            a.created_at,
-            a.record_cid,
-            report,
+            &record,
+            a.record_cid.clone(),
+            account,
+            round,
             cursor,
-            now,
         )
         .await
     }
 
-    /// Commits a verification outcome for one attestation and the DID's resulting labels.
+    /// Commits one round of an attestation and the DID's resulting labels.
     #[allow(clippy::too_many_arguments)]
-    async fn store_verdict(
+    async fn store_round(
         &self,
         did: &str,
         rkey: &str,
         rev: Option<RecordRev>,
-        domain: String,
-        selectors: Vec<String>,
-        created_at: Option<String>,
+        record: &Record,
         cid: Option<String>,
-        report: Report,
+        account: Option<Account>,
+        round: Round,
         cursor: Option<i64>,
-        now: i64,
     ) -> Result<(), Error> {
-        let outcome = report.verdict;
-        let relay = report.relay_member();
+        let now = self.options.clock.now_ms();
+        let Round {
+            outcome,
+            relay,
+            report,
+            hold,
+            degraded,
+        } = round;
         let report_json = serde_json::to_string(&report).unwrap_or_else(|_| "{}".to_owned());
         let opts = self.options.clone();
         let (did_s, rkey_s) = (did.to_owned(), rkey.to_owned());
+        let domain = record.domain.clone();
+        let selectors = record.dkim_selectors.clone();
+        let created_at = (!record.created_at.is_empty()).then(|| record.created_at.clone());
         let jitter: f64 = rand::random();
         tracing::info!(
             did,
@@ -431,16 +828,36 @@ impl Shared {
             domain = %domain,
             verdict = outcome.as_str(),
             reasons = %failing_reasons(&report),
+            confirmed_by = report.confirmed_by.as_deref().unwrap_or(""),
             "verification"
         );
         metrics::counter!(telemetry::VERIFICATIONS, "outcome" => outcome.as_str()).increment(1);
+        let refusal = refusal_reason(did, 1);
         self.commit(did.to_owned(), cursor, move |state, changes| {
+            changes.account = account.clone();
+            if state.attestation(&rkey_s).is_none() && state.attestations.len() >= MAX_ATTESTATIONS
+            {
+                changes.refused.push(Refusal {
+                    rkey: rkey_s.clone(),
+                    reason: refusal.clone(),
+                    at_ms: now,
+                });
+                return;
+            }
             let prev = state.attestation(&rkey_s).filter(|p| {
                 // A record that now names another domain or other selectors starts afresh.
                 p.domain == domain && p.selectors == selectors
             });
             let first_seen_ms = state.attestation(&rkey_s).map_or(now, |p| p.first_seen_ms);
-            let next = advance(prev, outcome, relay, now, jitter, &opts);
+            let mut next = advance(prev, outcome, relay, now, jitter, &opts, degraded);
+            if let Some(p) = prev
+                && hold.is_some()
+                && p.standing
+                && !next.standing
+            {
+                let retry = HOLD_RETRY.min(opts.reverify_interval);
+                next = decide::held(p, next, now + retry.as_millis() as i64);
+            }
             changes.put.push(Attestation {
                 did: did_s.clone(),
                 rkey: rkey_s.clone(),
@@ -463,6 +880,7 @@ impl Shared {
                 consecutive_undecided: next.consecutive_undecided,
                 next_check_ms: next.next_check_ms,
             });
+            changes.unrefuse.push(rkey_s.clone());
             changes.revs.extend(rev.clone());
         })
         .await
@@ -490,12 +908,7 @@ impl Shared {
             let store = self.store.clone();
             let (did, src, key) = (did.clone(), self.options.src.clone(), self.key.clone());
             let mutate = mutate.clone();
-            let cursor = cursor.and_then(|t| {
-                self.watermark
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .value(Some(t))
-            });
+            let cursor = cursor.and_then(|t| self.watermark_value(t));
             async move {
                 store
                     .call(move |s| {
@@ -528,4 +941,34 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// A DID's records as its PDS lists them, or its account's inactive state.
+enum Listing {
+    Inactive(Account),
+    Records(Account, Vec<(String, Value, Option<String>)>),
+}
+
+/// A round whose outcome is its report's verdict, with nothing held.
+fn plain(report: Report) -> Round {
+    Round {
+        outcome: report.verdict,
+        relay: false,
+        report,
+        hold: None,
+        degraded: false,
+    }
+}
+
+/// Why attestations beyond the most a DID may hold are refused.
+fn refusal_reason(did: &str, more: usize) -> String {
+    let extra = if more > 1 {
+        format!(" ({more} records were refused)")
+    } else {
+        String::new()
+    };
+    format!(
+        "{did} already has {MAX_ATTESTATIONS} attestations, the most one DID may hold: delete \
+         one to attest another domain{extra}"
+    )
 }

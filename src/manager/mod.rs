@@ -2,7 +2,7 @@
 //! decisions.
 //!
 //! For every attestation it (1) confirms the record at the author's PDS when
-//! `verifyRecordsAtPds` is on — Jetstream is unauthenticated (`jetstream.md` §7) — (2)
+//! `verifyRecordsAtPds` is on — Jetstream is unauthenticated (`docs/jetstream.md` §4) — (2)
 //! validates it against the lexicon, (3) runs the checks, (4) decides the attestation's new
 //! standing and the DID's labels, and (5) commits the attestation, its report, the labels and
 //! the Jetstream cursor in one store transaction. The live feed publishes the labels once the
@@ -10,15 +10,25 @@
 //!
 //! Trust rules:
 //! - a label is granted only when every check passes;
-//! - a definitive failure is confirmed by an immediate cache-bypassing re-check before a label
-//!   is withdrawn;
-//! - "could not decide" (DNS timeout, SERVFAIL, PLC or PDS outage) never withdraws a label; it
-//!   schedules a retry with backoff, and only an attestation that has gone without any
-//!   definitive answer for longer than `staleAfter` loses its standing.
+//! - a record is gone only on proof: its repo is active and the PDS says the record is not
+//!   there (`pds.rs`); anything about an inactive repo is account state — labels withheld,
+//!   attestation kept — and a reactivated account gets its labels back at the next re-check;
+//! - a definitive failure is looked at again without caches, then confirmed through an
+//!   independent path (`confirmDnsServers`, or each zone's authoritative servers) before it
+//!   counts; and the guard (`guard.rs`) holds withdrawals while the labeler's own resolver
+//!   fails names it knows exist, or when too many would happen at once (the breaker);
+//! - "could not decide" (DNS timeout, SERVFAIL, PLC or PDS outage, or the `verifyDeadline`
+//!   passing) never withdraws a label; it schedules a retry with backoff, and only an
+//!   attestation that has gone without any definitive answer for longer than `staleAfter`
+//!   loses its standing (never while the resolver is degraded).
 //!
 //! Work for one DID is serialized (a per-DID queue), so decisions about a DID never race;
 //! different DIDs are verified concurrently, up to `verifyConcurrency`, and a slow DID never
-//! holds up another.
+//! holds up another. What one DID can cost is bounded: its queued commands are merged
+//! (`command::coalesce`: the latest state of a record supersedes older commands for it, and
+//! past [`QUEUE_PER_DID`] they collapse into one re-read of its repo), every record's network
+//! work runs under one `verifyDeadline`, and a DID holds at most [`MAX_ATTESTATIONS`]
+//! attestations (the newest beyond are refused, visibly).
 //! Re-processing an event (after a rewind or a crash) changes nothing: an exact duplicate is
 //! recognised by its repo revision, and everything else converges on the PDS's current state.
 //!
@@ -34,6 +44,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::identity;
 use crate::keys::SigningKey;
 use crate::store::{self, Store};
@@ -43,12 +54,15 @@ use crate::verify;
 mod clock;
 mod command;
 mod decide;
+mod guard;
 mod handle;
+mod pds;
 mod tracked;
 mod watermark;
 
 pub use clock::Clock;
 pub use command::Command;
+pub use guard::Options as GuardOptions;
 pub use tracked::Tracked;
 use watermark::Watermark;
 
@@ -59,8 +73,27 @@ pub const COMMAND_CAPACITY: usize = 1024;
 
 /// Commands accepted but not finished (running, or queued behind their DID) before the
 /// manager stops reading its channel. Bounds memory and pushes back on Jetstream (which
-/// pauses) and the scheduler (which waits).
-const MAX_PENDING: usize = 1024;
+/// pauses) and the scheduler (which waits). One DID holds at most `QUEUE_PER_DID + 1` of
+/// them, so no DID can fill it for the others.
+const MAX_PENDING: usize = 4096;
+
+/// Commands queued behind a DID's running one before they collapse into one re-read of its
+/// repo (with PDS confirmation).
+pub const QUEUE_PER_DID: usize = 8;
+
+/// Attestations one DID may hold; the newest beyond are refused, with the reason shown by
+/// getVerification. Keeps one DID's re-checks (and one identity event's cost) flat.
+pub const MAX_ATTESTATIONS: usize = 16;
+
+/// `listRecords` pages read when re-reading a DID's repo (100 records each).
+const MAX_LIST_PAGES: usize = 10;
+
+/// How soon a withdrawal the guard held is tried again.
+const HOLD_RETRY: Duration = Duration::from_secs(5 * 60);
+
+/// How soon a DID whose account event could not be confirmed is re-checked by default (then
+/// with the undecided backoff).
+pub const ACCOUNT_RETRY: Duration = Duration::from_secs(60);
 
 /// First retry delay for an attestation that could not be decided; doubles each time.
 const UNDECIDED_RETRY: Duration = Duration::from_secs(5 * 60);
@@ -103,6 +136,11 @@ pub struct Options {
     pub stale_after: Duration,
     /// Concurrent verifications.
     pub concurrency: usize,
+    /// One deadline for all the network work about one record (PDS, PLC, every DNS query).
+    pub verify_deadline: Duration,
+    /// How soon a DID whose account event could not be confirmed is re-checked
+    /// ([`ACCOUNT_RETRY`]).
+    pub account_retry: Duration,
     /// Time source.
     pub clock: Clock,
 }
@@ -116,6 +154,25 @@ struct Shared {
     options: Options,
     tracked: Tracked,
     watermark: Mutex<Watermark>,
+    guard: guard::Guard,
+}
+
+impl Shared {
+    /// Marks the event at `t` finished: later commits may carry the cursor past it.
+    fn finish(&self, t: i64) {
+        self.watermark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .finish(t);
+    }
+
+    /// The cursor a commit finishing the event at `t` may save.
+    fn watermark_value(&self, t: i64) -> Option<i64> {
+        self.watermark
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .value(Some(t))
+    }
 }
 
 /// The manager component.
@@ -132,18 +189,22 @@ impl std::fmt::Debug for Manager {
 }
 
 impl Manager {
-    /// Builds the manager and loads the tracked DIDs. Does no background work.
+    /// Builds the manager and loads the tracked DIDs. Does no background work. The guard
+    /// reports its state (breaker, resolver) into `health`.
     pub fn new(
         store: Store,
         checker: verify::Checker,
         identity: identity::Resolver,
         key: SigningKey,
         options: Options,
+        guard: GuardOptions,
+        health: Health,
     ) -> Result<Manager, store::Error> {
         let tracked = Tracked::default();
         for did in store.tracked_dids()? {
             tracked.insert(&did);
         }
+        let guard = guard::Guard::new(guard, checker.resolver().clone(), store.clone(), health);
         Ok(Manager {
             shared: Arc::new(Shared {
                 store,
@@ -153,6 +214,7 @@ impl Manager {
                 options,
                 tracked,
                 watermark: Mutex::new(Watermark::default()),
+                guard,
             }),
         })
     }
@@ -215,10 +277,20 @@ impl Manager {
                     if let Some(t) = cmd.cursor() {
                         self.lock_watermark().begin(t);
                     }
-                    pending += 1;
                     if let Some(queue) = busy.get_mut(did) {
-                        queue.push_back(cmd);
+                        let before = queue.len();
+                        let merged = command::coalesce(
+                            queue,
+                            cmd,
+                            QUEUE_PER_DID,
+                            self.shared.options.verify_records_at_pds,
+                        );
+                        pending = pending + queue.len() - before;
+                        for t in merged {
+                            self.shared.finish(t);
+                        }
                     } else {
+                        pending += 1;
                         busy.insert(did.to_owned(), VecDeque::new());
                         self.spawn(&mut tasks, &permits, &shutdown, cmd);
                     }

@@ -1,9 +1,9 @@
 //! XRPC errors: the one place that maps a failure to an HTTP status and a client-safe body.
 //!
-//! `spec:/specs/xrpc` "Error Responses": every error is a JSON object `{"error": <Name>,
+//! <https://atproto.com/specs/xrpc> "Error Responses": every error is a JSON object `{"error": <Name>,
 //! "message": <text>}` served as `application/json`. Client errors name what was wrong; server
 //! errors are logged here with their cause and answered with the generic "Internal Server
-//! Error" (labels-protocol.md §4), so no internal detail ever reaches a client.
+//! Error" (docs/protocol.md §7), so no internal detail ever reaches a client.
 
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ pub(crate) enum XrpcError {
     /// A path outside `/xrpc/` that we do not serve (404).
     #[error("Not Found")]
     NotFound,
-    /// A plain GET on the WebSocket endpoint (426, `spec:/specs/event-stream`).
+    /// A plain GET on the WebSocket endpoint (426, <https://atproto.com/specs/event-stream>).
     #[error("com.atproto.label.subscribeLabels is a WebSocket endpoint: send Upgrade: websocket")]
     UpgradeRequired,
     /// The subscriber cap is reached (503 with `Retry-After`).

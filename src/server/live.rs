@@ -1,5 +1,5 @@
 //! The live label feed: one task that turns committed labels into `#labels` frames once and
-//! broadcasts them to every live subscriber (`spec:/specs/event-stream`, labels-protocol.md
+//! broadcasts them to every live subscriber (<https://atproto.com/specs/event-stream>, docs/protocol.md
 //! §5.1–5.2).
 //!
 //! It wakes on two signals: [`Store::commits`] right after a commit of this process, and a
@@ -46,7 +46,7 @@ const RESTART_MAX: Duration = Duration::from_secs(30);
 /// A run this long resets the restart backoff: the feed was working, and its death is news.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-/// Labels read per SQLite round trip (the backfill's page size, `performance.md`).
+/// Labels read per SQLite round trip (the backfill's page size, `docs/performance.md` §3).
 pub(crate) const PAGE: usize = 1000;
 
 /// Bytes reserved per frame when sizing a page buffer (a typical frame is ~230 bytes).

@@ -2,10 +2,10 @@
 //! (WebSocket), the operator's `email.atmos.getVerification`, `/xrpc/_health`, the did:web
 //! document and `/metrics`.
 //!
-//! Specs implemented: `spec:/specs/xrpc` (errors, parameters, unknown methods → 501),
-//! `spec:/specs/event-stream` (framing, cursors, errors), `spec:/specs/label` (label
+//! Specs implemented: <https://atproto.com/specs/xrpc> (errors, parameters, unknown methods → 501),
+//! <https://atproto.com/specs/event-stream> (framing, cursors, errors), <https://atproto.com/specs/label> (label
 //! distribution endpoints, labeler identity); the details and the reasoning are in
-//! `labels-protocol.md` §3.2, §4, §5 and §7.
+//! `docs/protocol.md` §3.2, §4, §5 and §7.
 //!
 //! Layout: `listen` (the accept loop: hyper with a header and idle timeout, the connection
 //! caps), `limits` (who a client is, per-client counts, `X-Forwarded-For` from trusted
@@ -17,7 +17,7 @@
 //! HTTP routes run under a request timeout and a body limit; the WebSocket upgrade returns at
 //! once and its connection lives in its own task outside both. Database work that can take
 //! long runs on the blocking pool under a permit held until the work really ends
-//! ([`run_limited`]); the health probe has its own. [`Server::run`] owns the live feed and the
+//! (`run_limited`); the health probe has its own. [`Server::run`] owns the live feed and the
 //! shutdown sequence: stop intake, close subscribers with 1001, return within a bounded time.
 
 mod error;

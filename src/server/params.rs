@@ -1,8 +1,8 @@
 //! XRPC query parameters, parsed from the raw query string.
 //!
-//! `spec:/specs/xrpc` "Lexicon HTTP Endpoints": array parameters repeat their key
+//! <https://atproto.com/specs/xrpc> "Lexicon HTTP Endpoints": array parameters repeat their key
 //! (`?uriPatterns=a&uriPatterns=b`). axum's `Query` goes through `serde_urlencoded`, which
-//! cannot collect repeated keys (labels-protocol.md §4, "Rust pitfalls"), so the string is
+//! cannot collect repeated keys (docs/protocol.md §4), so the string is
 //! split and percent-decoded here. Decoding borrows when nothing is escaped, which is the
 //! common case for DIDs.
 
@@ -88,7 +88,7 @@ mod tests {
     }
 
     #[test]
-    fn repeated_keys_and_escapes() {
+    fn query_strings_keep_repeated_keys_and_decode_escapes() {
         assert_eq!(
             all("uriPatterns=did%3Aplc%3Aa&uriPatterns=at://x/*&&limit=5&flag"),
             vec![
@@ -104,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_in_range() {
+    fn integers_out_of_range_or_malformed_are_refused() {
         assert_eq!(int_in("limit", "250", 1, 250).unwrap(), 250);
         for bad in [
             "0",

@@ -1,4 +1,4 @@
-//! `com.atproto.label.queryLabels` (labels-protocol.md §4; lexicon
+//! `com.atproto.label.queryLabels` (docs/protocol.md §4; lexicon
 //! `com/atproto/label/queryLabels.json`).
 //!
 //! - `uriPatterns` (required, repeated): an exact subject, or a prefix ending in `*` that
@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn patterns() {
+    fn uri_patterns_parse_as_exact_or_prefix_and_bad_ones_are_named() {
         assert_eq!(
             pattern("did:plc:a").unwrap(),
             UriPattern::Exact("did:plc:a".into())
@@ -280,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn parameters() {
+    fn query_parameters_parse_with_defaults_and_bad_ones_are_refused() {
         let q = parse("uriPatterns=a&uriPatterns=b*&sources=did:web:x&limit=7&cursor=9").unwrap();
         assert_eq!(
             q,

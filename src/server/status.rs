@@ -1,5 +1,5 @@
 //! The operational endpoints: `/xrpc/_health`, `/.well-known/did.json`, `/metrics` and
-//! `email.atmos.getVerification` (labels-protocol.md §3.2, §7).
+//! `email.atmos.getVerification` (docs/protocol.md §3.2, §7).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -150,7 +150,7 @@ fn seconds(d: Duration) -> f64 {
 /// The did:web document for `labeler_did`, or `None` when the DID is not a did:web of a bare
 /// host (a did:web with a path is served under that path, not `/.well-known`).
 ///
-/// `spec:/specs/label` "Labeler Service Identity", `spec:/specs/did`: one `#atproto_label`
+/// <https://atproto.com/specs/label> "Labeler Service Identity", <https://atproto.com/specs/did>: one `#atproto_label`
 /// Multikey verification method and one `#atproto_labeler` service at `https://<host>`, no
 /// path. The port, if any, is percent-encoded in the DID (`did:web:localhost%3A8080`).
 pub(crate) fn did_document(did: &str, multikey: &str) -> Option<String> {
@@ -238,21 +238,37 @@ pub(crate) async fn get_verification(
     }
     let labeler = shared.options.labeler_did.clone();
     let subject = did.clone();
-    let (attestations, labels) = shared
+    let (attestations, labels, refusals) = shared
         .blocking(move |s| {
             Ok((
                 s.attestations_for(&subject)?,
                 s.current_labels(&labeler, &subject)?,
+                s.refusals_for(&subject)?,
             ))
         })
         .await?;
+    let refused: Vec<Value> = refusals
+        .iter()
+        .map(|r| {
+            json!({
+                "uri": format!("at://{did}/{ATTESTATION_NSID}/{}", r.rkey),
+                "reason": r.reason,
+                "refusedAt": datetime_ms(r.at_ms),
+            })
+        })
+        .collect();
     let attestations: Vec<Value> = attestations.iter().map(attestation_json).collect();
     let labels: Vec<Value> = labels
         .iter()
         .map(|l| serde_json::to_value(&l.signed))
         .collect::<Result<_, _>>()
         .map_err(|e| XrpcError::Internal(Box::new(e)))?;
-    let body = json!({ "did": did, "attestations": attestations, "labels": labels });
+    let body = json!({
+        "did": did,
+        "attestations": attestations,
+        "labels": labels,
+        "refused": refused,
+    });
     Ok(json_body(body.to_string()))
 }
 
@@ -266,8 +282,15 @@ fn attestation_json(a: &Attestation) -> Value {
         "verified": a.standing,
         "relayMember": a.relay_member,
         "nextCheckAt": datetime_ms(a.next_check_ms),
-        "checks": checks(a),
     });
+    let mut report = stored_report(a);
+    v["checks"] = report.remove("checks").unwrap_or_else(|| json!([]));
+    if let Some(by) = report.remove("confirmedBy") {
+        v["confirmedBy"] = by;
+    }
+    if let Some(notes) = report.remove("notes") {
+        v["notes"] = notes;
+    }
     if let Some(cid) = &a.record_cid {
         v["cid"] = json!(cid);
     }
@@ -277,20 +300,17 @@ fn attestation_json(a: &Attestation) -> Value {
     v
 }
 
-/// The `checks` array of the stored report, passed through; `[]` when there is no report or
-/// it cannot be read (logged: it means a bug or a hand-edited row, not a client error).
-fn checks(a: &Attestation) -> Value {
+/// The stored report's fields, passed through; empty when there is no report or it cannot be
+/// read (logged: it means a bug or a hand-edited row, not a client error).
+fn stored_report(a: &Attestation) -> serde_json::Map<String, Value> {
     let Some(report) = &a.report else {
-        return json!([]);
+        return serde_json::Map::new();
     };
     match serde_json::from_str::<Value>(report) {
-        Ok(Value::Object(mut report)) => match report.remove("checks") {
-            Some(checks @ Value::Array(_)) => checks,
-            _ => json!([]),
-        },
+        Ok(Value::Object(report)) => report,
         Ok(_) | Err(_) => {
             tracing::warn!(did = %a.did, rkey = %a.rkey, "stored verification report is not a JSON object");
-            json!([])
+            serde_json::Map::new()
         }
     }
 }
@@ -307,7 +327,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn did_documents_only_for_bare_did_web_hosts() {
+    fn serves_did_documents_only_for_bare_did_web_hosts() {
         let doc: Value =
             serde_json::from_str(&did_document("did:web:localhost%3A8080", "zQ3sX").unwrap())
                 .unwrap();
@@ -391,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn datetimes_from_milliseconds() {
+    fn milliseconds_format_as_utc_datetimes_clamped_at_the_epoch() {
         assert_eq!(datetime_ms(1_790_000_000_123), "2026-09-21T14:13:20.123Z");
         assert_eq!(datetime_ms(-5), "1970-01-01T00:00:00.000Z");
     }

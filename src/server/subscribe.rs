@@ -1,5 +1,5 @@
-//! `com.atproto.label.subscribeLabels`: the WebSocket label stream (labels-protocol.md §5;
-//! `spec:/specs/event-stream`; lexicon `com/atproto/label/subscribeLabels.json`).
+//! `com.atproto.label.subscribeLabels`: the WebSocket label stream (docs/protocol.md §5;
+//! <https://atproto.com/specs/event-stream>; lexicon `com/atproto/label/subscribeLabels.json`).
 //!
 //! - Every message is one binary frame of DAG-CBOR header + body, one label per `#labels`
 //!   frame whose `seq` is the label's seq.
@@ -11,7 +11,7 @@
 //!   `#info OutdatedCursor` is never sent.
 //! - Backfill pages are read and encoded on the blocking pool (at most [`BACKFILL_READERS`]
 //!   at once, which bounds memory with many subscribers), fed frame by frame and flushed once
-//!   per page (a flush per frame caps throughput, `performance.md`).
+//!   per page (a flush per frame caps throughput, `docs/performance.md` §3).
 //! - The read half is polled all the time, including while writing, so pings are answered
 //!   and closes noticed (tungstenite writes queued pongs only on the next read or write);
 //!   client data frames are ignored, as the spec says.
@@ -529,7 +529,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors() {
+    fn a_cursor_is_absent_or_a_non_negative_integer() {
         assert_eq!(parse_cursor(""), Ok(None));
         assert_eq!(parse_cursor("cursor=0"), Ok(Some(0)));
         assert_eq!(parse_cursor("x=1&cursor=42"), Ok(Some(42)));

@@ -11,6 +11,10 @@ use crate::verify::Outcome;
 /// `meta` key of the Jetstream cursor (`time_us` of the last event whose effect committed).
 const CURSOR_KEY: &str = "jetstream_cursor";
 
+/// `meta` key of the last `labeler breaker release` (unix ms): a breaker opened before it may
+/// let its held withdrawals through.
+const BREAKER_RELEASE_KEY: &str = "breaker_release_ms";
+
 /// An attestation record and its verification state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attestation {
@@ -71,6 +75,18 @@ pub struct Account {
     pub status: Option<String>,
 }
 
+/// An attestation the labeler refused to track, and why (e.g. its DID already has the most
+/// attestations one DID may hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Record key.
+    pub rkey: String,
+    /// Why, in words an operator can act on.
+    pub reason: String,
+    /// When (unix ms).
+    pub at_ms: i64,
+}
+
 /// Everything the store holds about one DID, read inside the write transaction.
 #[derive(Clone, Debug, Default)]
 pub struct DidState {
@@ -118,7 +134,17 @@ pub struct Changes {
     pub labels: Vec<SignedLabel>,
     /// Jetstream cursor to save (kept only if larger than the saved one).
     pub cursor: Option<i64>,
+    /// Attestations refused; only the newest [`MAX_REFUSALS`] per DID are kept.
+    pub refused: Vec<Refusal>,
+    /// Record keys whose refusal no longer applies (the record is tracked or gone).
+    pub unrefuse: Vec<String>,
+    /// Bring every attestation of the DID due no later than this (unix ms): an account event
+    /// that could not be confirmed, or a reactivated account, is re-checked soon.
+    pub recheck_by_ms: Option<i64>,
 }
+
+/// Refusals kept per DID (the newest).
+pub const MAX_REFUSALS: usize = 16;
 
 impl Changes {
     /// True when there is nothing to write.
@@ -129,6 +155,9 @@ impl Changes {
             && self.account.is_none()
             && self.labels.is_empty()
             && self.cursor.is_none()
+            && self.refused.is_empty()
+            && self.unrefuse.is_empty()
+            && self.recheck_by_ms.is_none()
     }
 }
 
@@ -297,6 +326,29 @@ impl Store {
                 signed: l.clone(),
             });
         }
+        for r in &changes.refused {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO refusals (did, rkey, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![did, r.rkey, r.reason, r.at_ms])?;
+        }
+        if !changes.refused.is_empty() {
+            tx.prepare_cached(
+                "DELETE FROM refusals WHERE did = ?1 AND rkey NOT IN
+                 (SELECT rkey FROM refusals WHERE did = ?1 ORDER BY at_ms DESC, rkey LIMIT ?2)",
+            )?
+            .execute(params![did, MAX_REFUSALS as i64])?;
+        }
+        for rkey in &changes.unrefuse {
+            tx.prepare_cached("DELETE FROM refusals WHERE did = ?1 AND rkey = ?2")?
+                .execute(params![did, rkey])?;
+        }
+        if let Some(by) = changes.recheck_by_ms {
+            tx.prepare_cached(
+                "UPDATE attestations SET next_check_ms = min(next_check_ms, ?2) WHERE did = ?1",
+            )?
+            .execute(params![did, by])?;
+        }
         if let Some(cursor) = changes.cursor {
             save_cursor_in(&tx, cursor)?;
         }
@@ -305,12 +357,32 @@ impl Store {
         if !committed.labels.is_empty() {
             self.notify_commit();
         }
+        if !changes.put.is_empty() || changes.recheck_by_ms.is_some() {
+            self.notify_schedule();
+        }
         Ok(Ok(committed))
     }
 
     /// Saves the Jetstream cursor unless a larger one is already saved.
     pub fn save_cursor(&self, time_us: i64) -> Result<(), Error> {
         save_cursor_in(&self.writer(), time_us)
+    }
+
+    /// Records an operator's `labeler breaker release` at `now_ms`.
+    pub fn release_breaker(&self, now_ms: i64) -> Result<(), Error> {
+        self.writer()
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![BREAKER_RELEASE_KEY, now_ms])?;
+        Ok(())
+    }
+
+    /// When an operator last released the breaker (unix ms), if ever.
+    pub fn breaker_released_ms(&self) -> Result<Option<i64>, Error> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([BREAKER_RELEASE_KEY], |r| r.get(0))
+                .optional()?)
+        })
     }
 
     /// The saved Jetstream cursor.
@@ -335,6 +407,25 @@ impl Store {
             ))?;
             let rows = stmt
                 .query_map([], attestation_from_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// The DID's refused attestations, newest first.
+    pub fn refusals_for(&self, did: &str) -> Result<Vec<Refusal>, Error> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT rkey, reason, at_ms FROM refusals WHERE did = ?1 ORDER BY at_ms DESC, rkey",
+            )?;
+            let rows = stmt
+                .query_map([did], |r| {
+                    Ok(Refusal {
+                        rkey: r.get(0)?,
+                        reason: r.get(1)?,
+                        at_ms: r.get(2)?,
+                    })
+                })?
                 .collect::<Result<_, _>>()?;
             Ok(rows)
         })

@@ -15,7 +15,7 @@ const AFTER_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig FROM
 
 /// The hot queryLabels statement: one exact subject, no `sources` filter. Served from the
 /// statement cache; the read connections' QPSG keeps it from being re-prepared on every use
-/// (`performance.md`; `exact_lookups_are_never_re_prepared` guards it).
+/// (`docs/performance.md` §2; `exact_lookups_are_never_re_prepared` guards it).
 pub(crate) const EXACT_SQL: &str = "SELECT seq, src, uri, cid, val, neg, cts, exp, sig \
      FROM labels WHERE uri = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 

@@ -10,7 +10,7 @@
 //! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), and a
 //! small pool of read connections. Read connections enable SQLite's query planner stability
 //! guarantee (QPSG): without it rusqlite's statement cache re-prepares every statement whose
-//! plan looked at a bound value, which halves lookup throughput (`performance.md`).
+//! plan looked at a bound value, which halves lookup throughput (`docs/performance.md` §2).
 //!
 //! Methods are synchronous; async callers go through [`Store::call`], which runs them on the
 //! blocking pool so the runtime's workers never wait on disk or locks.
@@ -26,7 +26,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::watch;
 
-pub use attestations::{Account, Attestation, Changes, Committed, DidState, RecordRev};
+pub use attestations::{
+    Account, Attestation, Changes, Committed, DidState, MAX_REFUSALS, RecordRev, Refusal,
+};
 pub use labels::{LabelQuery, StoredLabel, UriPattern, Watcher};
 
 /// How long a connection waits for another writer (e.g. the `label` CLI) before failing.
@@ -86,6 +88,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Bumped after every commit that wrote labels; the live feed watches it.
     commits: watch::Sender<u64>,
+    /// Bumped after every commit that may have brought a re-check closer; the scheduler
+    /// watches it, so a sooner re-check is not left waiting for the sweep's longest sleep.
+    schedule: watch::Sender<u64>,
 }
 
 impl Store {
@@ -94,12 +99,14 @@ impl Store {
         let mut writer = open_conn(path, false)?;
         schema::migrate(&mut writer)?;
         let (commits, _) = watch::channel(0);
+        let (schedule, _) = watch::channel(0);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 commits,
+                schedule,
             }),
         })
     }
@@ -124,6 +131,16 @@ impl Store {
     /// A receiver that changes after every commit of this process that wrote labels.
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
+    }
+
+    /// A receiver that changes after every commit of this process that may have brought an
+    /// attestation's next check closer.
+    pub fn schedule_changes(&self) -> watch::Receiver<u64> {
+        self.inner.schedule.subscribe()
+    }
+
+    fn notify_schedule(&self) {
+        self.inner.schedule.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn notify_commit(&self) {

@@ -15,7 +15,7 @@ const MIGRATIONS: &[&str] = &[
     -- Current labels: one row per (src, uri, cid, val), cid '' when absent (SQLite treats
     -- NULLs as distinct in UNIQUE). Replacing a label deletes the old row and inserts a new one,
     -- so it gets a new seq and the old event leaves the backfill: the Ozone model
-    -- (labels-protocol.md §6). AUTOINCREMENT guarantees a seq is never reused, even after the
+    -- (docs/protocol.md §6). AUTOINCREMENT guarantees a seq is never reused, even after the
     -- highest row is replaced.
     CREATE TABLE labels (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,7 +70,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attestations_due ON attestations (next_check_ms);
 
     -- Latest applied repo revision per record, deletes included (tombstones), so replayed or
-    -- reordered Jetstream events older than what was applied are ignored (jetstream.md §10.2).
+    -- reordered Jetstream events older than what was applied are ignored (docs/jetstream.md §5.2).
     CREATE TABLE record_revs (
         did TEXT NOT NULL,
         rkey TEXT NOT NULL,
@@ -96,6 +96,18 @@ const MIGRATIONS: &[&str] = &[
     // v2: one name for "could not decide" everywhere (the report's outcome spelling).
     r#"
     UPDATE attestations SET verdict = 'could-not-decide' WHERE verdict IN ('undecided', 'pending');
+    "#,
+    // v3: attestations refused because their DID already holds the most a DID may, so the
+    // refusal is shown (getVerification) instead of being silent. At most a few per DID: the
+    // manager keeps only the newest.
+    r#"
+    CREATE TABLE refusals (
+        did TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (did, rkey)
+    ) WITHOUT ROWID;
     "#,
 ];
 

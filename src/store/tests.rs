@@ -281,7 +281,7 @@ fn queries_match_exact_and_prefix_patterns_byte_for_byte() {
 }
 
 #[test]
-fn prefix_upper_bounds() {
+fn a_prefix_upper_bound_is_the_next_string_skipping_surrogates() {
     use super::labels::prefix_upper_bound;
     assert_eq!(
         prefix_upper_bound("did:plc:a").as_deref(),
@@ -296,7 +296,7 @@ fn prefix_upper_bounds() {
     assert_eq!(prefix_upper_bound(""), None);
 }
 
-/// performance.md: rusqlite's statement cache clears bindings when a statement goes back, and
+/// docs/performance.md §2: rusqlite's statement cache clears bindings when a statement goes back, and
 /// SQLite then re-prepares any statement whose plan looked at a bound value (`LIMIT ?`) on its
 /// next use — halving exact-DID lookup throughput. The read connections enable QPSG to prevent
 /// it; this guards that the hot queryLabels path never re-prepares.

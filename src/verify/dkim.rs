@@ -1,7 +1,7 @@
 //! DKIM key records (RFC 6376 §3.6.1, RFC 8301, RFC 8463): one judgement per declared
 //! selector, over the TXT records found at `<selector>._domainkey.<domain>`.
 //!
-//! Rules (`mail-dns.md` §2):
+//! Rules (`docs/verification.md` §2):
 //! - Records that begin with a `v=` other than `DKIM1` are not key records and are discarded
 //!   (RFC 6376 §3.6.1). Every other TXT record at the name is a key record; more than one is a
 //!   failure, since "results are undefined" (RFC 6376 §3.6.2.2) and verifiers may pick any.

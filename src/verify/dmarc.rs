@@ -249,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn counting_and_unrelated_records() {
+    fn unrelated_records_are_ignored_and_two_dmarc_records_fail() {
         let good = b"v=DMARC1; p=reject".to_vec();
         assert_eq!(judge(NAME, &[], None), Found::None);
         assert_eq!(judge(NAME, &[b"v=spf1 -all".to_vec()], None), Found::None);
@@ -279,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn organisational_domains() {
+    fn the_organisational_domain_follows_the_public_suffix_list() {
         assert_eq!(
             organisational_domain("mail.example.com").as_deref(),
             Some("example.com")

@@ -1,4 +1,4 @@
-//! Domain control (atproto `specs/handle`, `mail-dns.md` §5): does the attested domain point
+//! Domain control (atproto <https://atproto.com/specs/handle>, `docs/verification.md` §5): does the attested domain point
 //! at the attesting DID?
 //!
 //! - DNS TXT method: at `_atproto.<domain>`, among TXT values that start exactly with `did=`
@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_matching_did() {
+    fn passes_only_on_exactly_one_matching_did_record() {
         assert_eq!(judge(&[&format!("did={DID}")]), Txt::Match);
         assert_eq!(
             judge(&[&format!("did={DID}"), "google-site-verification=x"]),

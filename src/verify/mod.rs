@@ -1,13 +1,13 @@
 //! Verification policy: is this DID a verified mail operator for this domain?
 //!
-//! Owns the judgement, not the fetching: [`domain`] (atproto domain control), [`mx`]
-//! (RFC 5321/7505), [`spf`] (RFC 7208), [`dkim`] (RFC 6376/8301/8463) and [`dmarc`] (RFC 7489,
+//! Owns the judgement, not the fetching: `domain` (atproto domain control), `mx`
+//! (RFC 5321/7505), `spf` (RFC 7208), `dkim` (RFC 6376/8301/8463) and `dmarc` (RFC 7489,
 //! RFC 9989) hold pure parsers and judgements over already-fetched answers, unit-tested at
 //! the bottom of each module; this module adds the thin async layer that fetches through
 //! [`crate::dns`] and [`crate::identity`], runs the checks concurrently and assembles a
 //! [`Report`].
 //!
-//! The asymmetry of `mail-dns.md` §6 is built in: every check answers pass, fail or could not
+//! The asymmetry of `docs/verification.md` §6 is built in: every check answers pass, fail or could not
 //! decide. Only NXDOMAIN, NODATA and records that are present but bad fail; any DNS error or
 //! transient identity failure is "could not decide" and can never fail a check on its own.
 //! The verdict passes only if every check passes.
@@ -155,6 +155,14 @@ pub struct Report {
     pub verdict: Outcome,
     /// One entry per check (one per DKIM selector).
     pub checks: Vec<Check>,
+    /// Who confirmed a failure through a second vantage point (e.g. "the resolvers
+    /// 10.0.0.2:53"), when the verdict is a confirmed failure.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirmed_by: Option<String>,
+    /// What the labeler did with the verdict beyond the rules, in words (a withdrawal held by
+    /// the breaker, labels withheld because the account is inactive).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -187,6 +195,65 @@ impl Report {
             self.verdict.words()
         ));
         out
+    }
+}
+
+/// Where a check's DNS answers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vantage {
+    /// The configured resolvers, with their cache: ordinary checks.
+    Cached,
+    /// The configured resolvers, bypassing every cache (DNS and DID documents): a second look
+    /// before a failure is acted on.
+    Fresh,
+    /// The independent path (the `confirmDnsServers`, or each zone's authoritative servers),
+    /// without caches: confirms a failure before a label is withdrawn.
+    Confirm,
+}
+
+/// `first`'s checks, each failure kept only where `second` (the same checks from another
+/// vantage point, `by`) fails it too; a failure the other side does not see becomes "could not
+/// decide", naming both answers. Two vantage points must agree before anything is withdrawn,
+/// as Let's Encrypt's multi-perspective validation requires for issuance.
+pub fn confirm(first: &Report, second: &Report, by: &str) -> Report {
+    let checks: Vec<Check> = first
+        .checks
+        .iter()
+        .map(|c| {
+            if c.outcome != Outcome::Fail {
+                return c.clone();
+            }
+            let other = second
+                .checks
+                .iter()
+                .find(|o| o.name == c.name && o.subject == c.subject);
+            match other {
+                Some(o) if o.outcome == Outcome::Fail => o.clone(),
+                Some(o) => Check {
+                    outcome: Outcome::CouldNotDecide,
+                    reason: format!(
+                        "{}; not confirmed through {by}, which saw: {}",
+                        c.reason, o.reason
+                    ),
+                    ..c.clone()
+                },
+                None => Check {
+                    outcome: Outcome::CouldNotDecide,
+                    reason: format!("{}; not confirmed through {by}", c.reason),
+                    ..c.clone()
+                },
+            }
+        })
+        .collect();
+    let verdict = verdict(&checks);
+    Report {
+        did: first.did.clone(),
+        domain: first.domain.clone(),
+        checked_at: second.checked_at.clone(),
+        verdict,
+        checks,
+        confirmed_by: (verdict == Outcome::Fail).then(|| by.to_owned()),
+        notes: first.notes.clone(),
     }
 }
 
@@ -242,6 +309,9 @@ impl Dns for Live<'_> {
 #[derive(Clone)]
 pub struct Checker {
     dns: dns::Resolver,
+    /// The independent path for [`Vantage::Confirm`]; the configured resolvers, fresh, when
+    /// there is none (one-shot checks).
+    confirm: Option<dns::Resolver>,
     identity: identity::Resolver,
     relay: Option<String>,
 }
@@ -263,21 +333,42 @@ impl Checker {
             .filter(|r| !r.is_empty());
         Checker {
             dns,
+            confirm: None,
             identity,
             relay,
         }
     }
 
-    /// Runs every check, concurrently. Never panics and never fails: problems, including
-    /// invalid inputs, are entries in the report. `fresh` bypasses every cache (DNS and DID
-    /// documents), for confirming a failure before a label is withdrawn.
+    /// This checker with `resolver` as its independent confirmation path.
+    pub fn with_confirmation(mut self, resolver: dns::Resolver) -> Checker {
+        self.confirm = Some(resolver);
+        self
+    }
+
+    /// Who answers for `vantage`, in words for reports.
+    pub fn describe(&self, vantage: Vantage) -> &str {
+        match (vantage, &self.confirm) {
+            (Vantage::Confirm, Some(c)) => c.describe(),
+            _ => self.dns.describe(),
+        }
+    }
+
+    /// The configured (primary) resolver: the one whose health decides whether the labeler
+    /// can trust its own "absent" answers.
+    pub fn resolver(&self) -> &dns::Resolver {
+        &self.dns
+    }
+
+    /// Runs every check, concurrently, from `vantage`. Never panics and never fails:
+    /// problems, including invalid inputs, are entries in the report.
     pub async fn check(
         &self,
         did: &str,
         domain: &str,
         selectors: &[String],
-        fresh: bool,
+        vantage: Vantage,
     ) -> Report {
+        let fresh = vantage != Vantage::Cached;
         let mut checks = Vec::new();
         let input_problem = if !crate::syntax::is_did(did) {
             Some(format!("{:?} is not a valid DID", tags::clip(did)))
@@ -294,10 +385,11 @@ impl Checker {
             return finish(did, domain, checks);
         }
 
-        let live = Live {
-            resolver: &self.dns,
-            fresh,
+        let resolver = match (vantage, &self.confirm) {
+            (Vantage::Confirm, Some(c)) => c,
+            _ => &self.dns,
         };
+        let live = Live { resolver, fresh };
         let (dkim_plan, dkim_early) = plan_selectors(domain, selectors);
         let dkim_checks = dkim_plan.iter().map(|sel| {
             let live = &live;
@@ -358,6 +450,8 @@ fn finish(did: &str, domain: &str, checks: Vec<Check>) -> Report {
         checked_at: crate::label::now_cts(),
         verdict: verdict(&checks),
         checks,
+        confirmed_by: None,
+        notes: Vec::new(),
     }
 }
 
@@ -692,7 +786,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn verdict_rules() {
+    fn any_fail_fails_any_undecided_is_undecided_and_relay_alone_decides_nothing() {
         use CheckName::*;
         use Outcome::*;
         assert_eq!(verdict(&[check(Spf, Pass), check(Mx, Pass)]), Pass);
@@ -710,7 +804,53 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn report_json_and_text() {
+    fn a_failure_stands_only_where_the_second_vantage_point_fails_it_too() {
+        use CheckName::*;
+        use Outcome::*;
+        let entry = |name, subject: Option<&str>, outcome, reason: &str| Check {
+            name,
+            subject: subject.map(str::to_owned),
+            outcome,
+            reason: reason.to_owned(),
+        };
+        let report = |checks: Vec<Check>| finish("did:plc:x", "example.test", checks);
+        let first = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Fail, "no key at a"),
+            entry(Dmarc, None, Fail, "no DMARC record"),
+        ]);
+        // The other side agrees about DMARC only: DKIM becomes could-not-decide.
+        let second = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Pass, "key at a is fine"),
+            entry(Dmarc, None, Fail, "no DMARC record either"),
+        ]);
+        let r = confirm(&first, &second, "the second resolvers");
+        assert_eq!(r.verdict, Fail);
+        assert_eq!(r.confirmed_by.as_deref(), Some("the second resolvers"));
+        assert_eq!(r.checks[1].outcome, CouldNotDecide);
+        assert!(
+            r.checks[1]
+                .reason
+                .contains("not confirmed through the second resolvers")
+                && r.checks[1].reason.contains("key at a is fine"),
+            "{}",
+            r.checks[1].reason
+        );
+        assert_eq!(r.checks[2].reason, "no DMARC record either");
+        // Nothing agreed: nothing fails, nothing is confirmed.
+        let healthy = report(vec![
+            entry(Mx, None, Pass, "mx ok"),
+            entry(Dkim, Some("a"), Pass, "fine"),
+            entry(Dmarc, None, CouldNotDecide, "timed out"),
+        ]);
+        let r = confirm(&first, &healthy, "x");
+        assert_eq!(r.verdict, CouldNotDecide);
+        assert_eq!(r.confirmed_by, None);
+    }
+
+    #[test]
+    fn reports_render_as_json_and_text() {
         let report = Report {
             did: "did:plc:x".to_owned(),
             domain: "example.test".to_owned(),
@@ -736,6 +876,8 @@ pub(crate) mod tests {
                     reason: "no".to_owned(),
                 },
             ],
+            confirmed_by: None,
+            notes: Vec::new(),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["checkedAt"], "2026-01-01T00:00:00.000Z");
@@ -755,7 +897,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn input_validation() {
+    fn malformed_domains_are_refused_before_any_query() {
         assert_eq!(domain_problem("example.com"), None);
         assert_eq!(domain_problem("xn--bcher-kva.example"), None);
         assert_eq!(domain_problem("a-b.c0.example"), None);
@@ -799,7 +941,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dmarc_discovery_order() {
+    fn dmarc_checks_the_domain_then_its_organisational_domain_never_past_an_error() {
         let own = MapDns::default().txt("_dmarc.mail.example.test", &["v=DMARC1; p=reject"]);
         assert_eq!(
             block_on(check_dmarc(&own, "mail.example.test")).0,
@@ -837,7 +979,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn mx_check_over_map() {
+    fn mx_passes_with_one_usable_host_and_is_undecided_on_dns_errors() {
         let good = MapDns::default().mx("d.test", 2).ip("mx0.d.test");
         let (o, r) = block_on(mx::check(&good, "d.test"));
         assert_eq!(o, Outcome::Pass, "{r}");
@@ -849,7 +991,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn relay_entries() {
+    fn relay_membership_needs_the_include_in_a_passing_spf() {
         let audit = |outcome, at: Option<&str>| spf::Audit {
             outcome,
             reason: String::new(),

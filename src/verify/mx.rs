@@ -2,7 +2,7 @@
 //! whose target is a host name with a public address.
 //!
 //! - NXDOMAIN or no MX records fail: a verified mail operator publishes an explicit MX (the
-//!   RFC 5321 implicit MX is not accepted, `mail-dns.md` §4).
+//!   RFC 5321 implicit MX is not accepted, `docs/verification.md` §4).
 //! - A null MX (`0 .`, RFC 7505 §3) fails: the domain declares it accepts no mail; a null MX
 //!   mixed with other MX records is malformed and fails too.
 //! - Each target must be a host name, not an IP literal (RFC 5321 §5.1: "the MX data MUST be a
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn static_problems() {
+    fn ip_literals_bad_names_and_localhost_are_refused_before_lookup() {
         assert!(static_problem("192.0.2.1").is_some());
         assert!(static_problem("1.2.3.4.5").is_some());
         assert!(static_problem("mx_1.d.test").is_some());

@@ -222,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn lookup_by_name() {
+    fn tags_are_looked_up_by_name_with_each_flavours_case_rule() {
         let tags = parse("V=DMARC1; P=reject", Flavour::Dmarc).unwrap();
         assert_eq!(get(&tags, "p", Flavour::Dmarc), Some("reject"));
         assert_eq!(get(&tags, "p", Flavour::Dkim), None);
@@ -230,7 +230,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_panics(s in "\\PC{0,200}") {
+        fn parsing_never_panics(s in "\\PC{0,200}") {
             let _ = parse(&s, Flavour::Dkim);
             let _ = parse(&s, Flavour::Dmarc);
         }

@@ -87,6 +87,9 @@ pub fn config(world: &World, dir: &Path, reverify: &str) -> Config {
         "jetstreamURL": world.jetstream.url(),
         "plcURL": world.plc.url(),
         "dnsServers": [world.dns.addr().to_string()],
+        "confirmDnsServers": [world.dns.addr().to_string()],
+        "verifyDeadline": "5s",
+        "dnsCanaries": [super::dns::CANARY],
         "dnsTimeout": "500ms",
         "reverifyInterval": reverify,
         "allowPrivateAddresses": true,
@@ -217,28 +220,7 @@ impl TestLabeler {
 
     /// All current labels, `(uri, val, neg)`, sorted.
     pub async fn all_labels(&self) -> Vec<(String, String, bool)> {
-        let mut out = Vec::new();
-        let mut cursor = None::<String>;
-        loop {
-            let mut path = "/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit=250".to_owned();
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={c}"));
-            }
-            let body = self.get(&path).await;
-            for l in body["labels"].as_array().unwrap() {
-                out.push((
-                    l["uri"].as_str().unwrap().to_owned(),
-                    l["val"].as_str().unwrap().to_owned(),
-                    l["neg"].as_bool().unwrap_or(false),
-                ));
-            }
-            match body["cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
-        out.sort();
-        out
+        all_labels(&self.url("")).await
     }
 
     /// getVerification for `did`.
@@ -251,34 +233,54 @@ impl TestLabeler {
     /// status endpoint: verdicts that grant nothing have no other signal).
     pub async fn await_verdict(&self, did: &str, rkey: &str, want: &[&str]) -> Value {
         let uri = format!("at://{did}/{NSID}/{rkey}");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let found = std::cell::RefCell::new(None);
+        let last = std::cell::RefCell::new(Value::Null);
+        let reached = super::eventually(WAIT, || async {
             let v = self.verification(did).await;
-            if let Some(a) = v["attestations"]
+            let hit = v["attestations"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|a| a["uri"] == uri.as_str())
-                && want.contains(&a["verdict"].as_str().unwrap())
-            {
-                return a.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no verdict {want:?} for {uri}: {v:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .find(|a| {
+                    a["uri"] == uri.as_str() && want.contains(&a["verdict"].as_str().unwrap())
+                })
+                .cloned();
+            *last.borrow_mut() = v;
+            let done = hit.is_some();
+            *found.borrow_mut() = hit;
+            done
+        })
+        .await;
+        assert!(
+            reached,
+            "no verdict {want:?} for {uri}: {:#}",
+            last.borrow()
+        );
+        found.into_inner().unwrap()
+    }
+
+    /// Waits (bounded) until the saved Jetstream cursor is at or past `time_us`: every event
+    /// up to it has been applied and committed (the manager never saves a cursor past an
+    /// event it has not finished).
+    pub async fn await_cursor(&self, time_us: i64) {
+        let reached = super::eventually(WAIT, || async {
+            self.store().cursor().unwrap().is_some_and(|c| c >= time_us)
+        })
+        .await;
+        assert!(
+            reached,
+            "saved cursor {:?} never reached {time_us}",
+            self.store().cursor().unwrap()
+        );
     }
 
     /// A subscribeLabels client; `query` e.g. `"cursor=0"` or `""`.
     pub async fn subscribe(&self, query: &str) -> Subscriber {
-        let url = format!(
+        Subscriber::connect(&format!(
             "ws://{}/xrpc/com.atproto.label.subscribeLabels?{query}",
             self.addr
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Subscriber { ws }
+        ))
+        .await
     }
 
     /// The labeler's database, for invariant checks.
@@ -293,4 +295,39 @@ fn key_bytes() -> Vec<u8> {
         .unwrap()
         .to_owned();
     data_encoding::HEXLOWER.decode(hex.as_bytes()).unwrap()
+}
+
+/// All current labels of the labeler at `base` (`http://addr`) from queryLabels, paged,
+/// `(uri, val, neg)`, sorted.
+pub async fn all_labels(base: &str) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    let mut cursor = None::<String>;
+    // Bounded: a page of 250 at a time, far more pages than any test writes.
+    for _ in 0..1000 {
+        let mut url = format!("{base}/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit=250");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let resp = tokio::time::timeout(WAIT, reqwest::get(&url))
+            .await
+            .expect("queryLabels answered in time")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let body: Value = resp.json().await.unwrap();
+        for l in body["labels"].as_array().unwrap() {
+            out.push((
+                l["uri"].as_str().unwrap().to_owned(),
+                l["val"].as_str().unwrap().to_owned(),
+                l["neg"].as_bool().unwrap_or(false),
+            ));
+        }
+        match body["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => {
+                out.sort();
+                return out;
+            }
+        }
+    }
+    panic!("queryLabels paging never ended");
 }

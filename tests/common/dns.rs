@@ -30,7 +30,7 @@ use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -56,6 +56,10 @@ pub const GOOD_SPF: &str = "v=spf1 ip4:192.0.2.0/24 -all";
 /// The DMARC record of [`FakeDns::publish_good_operator`].
 pub const GOOD_DMARC: &str = "v=DMARC1; p=reject";
 
+/// A name every fake serves an address for: the labeler's `dnsCanaries` in tests, so that a
+/// healthy fake is a resolver that works and a lying one is not.
+pub const CANARY: &str = "canary.fake.test";
+
 /// A failure the server can be told to produce for one name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -65,6 +69,8 @@ pub enum Fault {
     Refused,
     /// Never answer.
     Timeout,
+    /// Answer NXDOMAIN: a resolver that lies about absence.
+    NxDomain,
     /// Over UDP, answer with the TC bit and no records; over TCP, answer normally.
     Truncate,
 }
@@ -77,6 +83,7 @@ struct NameData {
     a: Vec<Ipv4Addr>,
     aaaa: Vec<Ipv6Addr>,
     cname: Option<String>,
+    ns: Vec<String>,
 }
 
 impl NameData {
@@ -86,6 +93,7 @@ impl NameData {
             && self.a.is_empty()
             && self.aaaa.is_empty()
             && self.cname.is_none()
+            && self.ns.is_empty()
     }
 }
 
@@ -121,24 +129,32 @@ fn fqdn(name: &str) -> Name {
 impl FakeDns {
     /// Starts a server on 127.0.0.1 (UDP and TCP on one ephemeral port).
     pub async fn start() -> FakeDns {
+        FakeDns::start_on(Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Starts a server on `ip` (another 127.0.0.0/8 address, for a second server that must
+    /// be told apart from the first by address).
+    pub async fn start_on(ip: Ipv4Addr) -> FakeDns {
         let zone = Arc::new(Mutex::new(Zone::default()));
         let handler = Handler { zone: zone.clone() };
         let mut server = Server::new(handler);
         // UDP gets an ephemeral port; TCP must bind the same one. Another process may hold
         // it for TCP, so try a bounded number of ports.
         for _ in 0..50 {
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let udp = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
             let addr = udp.local_addr().unwrap();
             let Ok(tcp) = tokio::net::TcpListener::bind(addr).await else {
                 continue;
             };
             server.register_socket(udp);
             server.register_listener(tcp, Duration::from_secs(5), 64);
-            return FakeDns {
+            let dns = FakeDns {
                 addr,
                 zone,
                 _server: server,
             };
+            dns.set_a(CANARY, &[Ipv4Addr::new(192, 0, 2, 53)]);
+            return dns;
         }
         panic!("could not bind UDP and TCP on one port");
     }
@@ -231,6 +247,11 @@ impl FakeDns {
         self.edit(name, |d| d.cname = Some(target));
     }
 
+    /// Sets the NS records of `zone`.
+    pub fn set_ns(&self, zone: &str, hosts: &[&str]) {
+        self.edit(zone, |d| d.ns = hosts.iter().map(|h| key(h)).collect());
+    }
+
     /// Removes every record at `name` (not below it).
     pub fn remove(&self, name: &str) {
         self.with(|z| z.names.remove(&key(name)));
@@ -310,6 +331,13 @@ impl Handler {
             Some(Fault::ServFail) => return Reply::Error(ResponseCode::ServFail),
             Some(Fault::Refused) => return Reply::Error(ResponseCode::Refused),
             Some(Fault::Truncate) if protocol == Protocol::Udp => return Reply::Truncated,
+            Some(Fault::NxDomain) => {
+                return Reply::Answer {
+                    code: ResponseCode::NXDomain,
+                    answers: Vec::new(),
+                    soa: None,
+                };
+            }
             _ => {}
         }
         let ttl = zone.ttl;
@@ -358,6 +386,7 @@ impl Handler {
                 }
                 RecordType::A => d.a.iter().map(|ip| RData::A(A(*ip))).collect(),
                 RecordType::AAAA => d.aaaa.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect(),
+                RecordType::NS => d.ns.iter().map(|h| RData::NS(NS(fqdn(h)))).collect(),
                 RecordType::CNAME => d
                     .cname
                     .iter()

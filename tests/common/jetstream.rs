@@ -1,5 +1,5 @@
 //! `FakeJetstream`: a real WebSocket server speaking Jetstream's v1 `/subscribe` wire format
-//! (`shared/docs/jetstream.md` §1a–§3): JSON text frames, `wantedCollections` filtering of
+//! (`docs/jetstream.md` §1–§3): JSON text frames, `wantedCollections` filtering of
 //! commit events (identity and account events always pass), and an inclusive `time_us`
 //! `cursor` that replays the stored log before going live. Faults on demand: drop every
 //! connection after N events (no close frame), or send raw frames.
@@ -281,7 +281,7 @@ fn now_us() -> i64 {
         .as_micros() as i64
 }
 
-/// A TID (`spec:/specs/tid`) for a microsecond timestamp: 13 characters of base32-sortable,
+/// A TID (<https://atproto.com/specs/tid>) for a microsecond timestamp: 13 characters of base32-sortable,
 /// so later timestamps give later revisions.
 pub fn tid(time_us: i64) -> String {
     const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";

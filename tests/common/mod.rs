@@ -69,6 +69,8 @@ where
 }
 pub mod daemon;
 pub mod dns;
+pub mod metrics;
 pub mod net;
 pub mod plc;
+pub mod process;
 pub mod server;

@@ -2,11 +2,16 @@
 //!
 //! - [`FakePlc`]: a PLC directory (`GET /{did}` → DID document, 404 `DID not registered`),
 //!   with per-DID failures (any status) and hangs (no response ever).
-//! - [`FakePds`]: a PDS serving `com.atproto.repo.getRecord` and
-//!   `com.atproto.sync.getRepoStatus` with the reference PDS's XRPC error bodies
+//! - [`FakePds`]: a PDS serving `com.atproto.repo.getRecord`, `com.atproto.repo.listRecords`
+//!   and `com.atproto.sync.getRepoStatus` with the reference PDS's XRPC error bodies
 //!   (`{"error":"RecordNotFound","message":…}` with HTTP 400, `RepoNotFound` for unknown
 //!   repositories), per-DID failures and hangs, and optionally `/.well-known/did.json` for
 //!   did:web tests. It counts every request, so tests can assert that nothing was fetched.
+//!   For an inactive (deactivated, taken-down) repo it answers like the reference PDS, whose
+//!   getRecord only reads active accounts and otherwise passes the request on to its
+//!   AppView: getRecord → 400 `RecordNotFound` from the AppView (or, with no AppView, 400
+//!   `InvalidRequest` "Could not locate record"), listRecords → 400 `InvalidRequest` "Could
+//!   not find repo", getRepoStatus → `active: false` with the status.
 //! - [`did_doc`]: a DID document in the shape the PLC directory serves.
 //!
 //! Hung requests never complete; the identity resolver's timeout ends them on the client
@@ -206,6 +211,8 @@ struct PdsState {
     faults: HashMap<String, Fault>,
     did_json: Option<Value>,
     requests: usize,
+    /// No AppView configured: getRecord for an inactive repo answers `InvalidRequest`.
+    no_appview: bool,
 }
 
 /// A fake PDS.
@@ -234,21 +241,39 @@ async fn pds_get_record(
             "Params must have the properties \"repo\", \"collection\" and \"rkey\"",
         );
     };
-    let (fault, known, record) = {
+    let (fault, known, record, no_appview) = {
         let mut s = state.lock().unwrap();
         s.requests += 1;
         let key = (repo.clone(), collection.clone(), rkey.clone());
         (
             s.faults.get(repo).copied(),
-            s.repos.contains_key(repo),
+            s.repos.get(repo).cloned(),
             s.records.get(&key).cloned(),
+            s.no_appview,
         )
     };
     if let Some(fault) = fault {
         return misbehave(fault).await;
     }
     let uri = format!("at://{repo}/{collection}/{rkey}");
-    match (known, record) {
+    // The reference PDS reads records of active accounts only and passes anything else on
+    // to its AppView, which knows no such record.
+    if let Some((false, _)) = known {
+        return if no_appview {
+            xrpc_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "Could not locate record",
+            )
+        } else {
+            xrpc_error(
+                StatusCode::BAD_REQUEST,
+                "RecordNotFound",
+                &format!("Could not locate record: {uri}"),
+            )
+        };
+    }
+    match (known.is_some(), record) {
         (_, Some((cid, value))) => {
             Json(json!({ "uri": uri, "cid": cid, "value": value })).into_response()
         }
@@ -263,6 +288,66 @@ async fn pds_get_record(
             &format!("Could not find repo: {repo}"),
         ),
     }
+}
+
+async fn pds_list_records(
+    State(state): State<Arc<Mutex<PdsState>>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(repo), Some(collection)) = (q.get("repo"), q.get("collection")) else {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "Params must have the properties \"repo\" and \"collection\"",
+        );
+    };
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, 100);
+    let (fault, active, mut records) = {
+        let mut s = state.lock().unwrap();
+        s.requests += 1;
+        let records: Vec<(String, String, Value)> = s
+            .records
+            .iter()
+            .filter(|((d, c, _), _)| d == repo && c == collection)
+            .map(|((_, _, rkey), (cid, value))| (rkey.clone(), cid.clone(), value.clone()))
+            .collect();
+        (
+            s.faults.get(repo).copied(),
+            s.repos.get(repo).map(|(active, _)| *active),
+            records,
+        )
+    };
+    if let Some(fault) = fault {
+        return misbehave(fault).await;
+    }
+    if active != Some(true) {
+        return xrpc_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!("Could not find repo: {repo}"),
+        );
+    }
+    // The reference PDS lists newest first (descending rkey); the cursor is the last rkey.
+    records.sort_by(|a, b| b.0.cmp(&a.0));
+    if let Some(cursor) = q.get("cursor") {
+        records.retain(|(rkey, _, _)| rkey < cursor);
+    }
+    let page: Vec<Value> = records
+        .iter()
+        .take(limit)
+        .map(|(rkey, cid, value)| {
+            json!({"uri": format!("at://{repo}/{collection}/{rkey}"), "cid": cid, "value": value})
+        })
+        .collect();
+    let mut body = json!({ "records": page });
+    if records.len() > limit {
+        body["cursor"] = json!(records[limit - 1].0);
+    }
+    Json(body).into_response()
 }
 
 async fn pds_repo_status(
@@ -318,6 +403,7 @@ impl FakePds {
         let state = Arc::new(Mutex::new(PdsState::default()));
         let router = Router::new()
             .route("/xrpc/com.atproto.repo.getRecord", get(pds_get_record))
+            .route("/xrpc/com.atproto.repo.listRecords", get(pds_list_records))
             .route("/xrpc/com.atproto.sync.getRepoStatus", get(pds_repo_status))
             .route("/.well-known/did.json", get(pds_did_json))
             .with_state(state.clone());
@@ -360,6 +446,12 @@ impl FakePds {
             .unwrap()
             .repos
             .insert(did.to_owned(), (active, status.map(str::to_owned)));
+    }
+
+    /// Whether the PDS has an AppView to pass getRecord for inactive repos on to (it does by
+    /// default; without one the reference PDS answers `InvalidRequest`).
+    pub fn set_appview(&self, present: bool) {
+        self.state.lock().unwrap().no_appview = !present;
     }
 
     /// Stops hosting `did`: `getRepoStatus` answers 400 `RepoNotFound`.

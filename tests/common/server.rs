@@ -81,22 +81,56 @@ impl TestServer {
         TestServer::start_with(options, |_| {}).await
     }
 
-    /// Starts a server after `seed` has written to the database.
+    /// Starts a server after `seed` has written to the database. Its `/metrics` renders the
+    /// process-wide recorder, which every test in this process adds to: assert on metrics
+    /// only through [`TestServer::start_metered`].
     pub async fn start_with(options: Options, seed: impl FnOnce(&Store)) -> TestServer {
-        TestServer::start_with_health(options, Health::new(), seed).await
+        TestServer::start_full(
+            options,
+            atmos_labeler::telemetry::metrics_handle(),
+            Health::new(),
+            seed,
+        )
+        .await
     }
 
-    /// Starts a server reporting the component state in `health`, after `seed`.
+    /// Like [`TestServer::start_with`], with `/metrics` rendering `metrics` (the handle of a
+    /// [`Scoped`](super::metrics::Scoped) recorder installed before this call).
+    pub async fn start_metered(
+        options: Options,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        seed: impl FnOnce(&Store),
+    ) -> TestServer {
+        TestServer::start_full(options, metrics, Health::new(), seed).await
+    }
+
+    /// Like [`TestServer::start_with`], reporting the component state in `health`.
     pub async fn start_with_health(
         options: Options,
+        health: Health,
+        seed: impl FnOnce(&Store),
+    ) -> TestServer {
+        TestServer::start_full(
+            options,
+            atmos_labeler::telemetry::metrics_handle(),
+            health,
+            seed,
+        )
+        .await
+    }
+
+    /// A server with `/metrics` rendering `metrics` and health reporting `health`, after
+    /// `seed`.
+    pub async fn start_full(
+        options: Options,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
         health: Health,
         seed: impl FnOnce(&Store),
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("labels.db")).unwrap();
         seed(&store);
-        let metrics = Some(atmos_labeler::telemetry::metrics_handle());
-        let server = Server::new(store.clone(), options, metrics, health.clone());
+        let server = Server::new(store.clone(), options, Some(metrics), health.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -110,6 +144,11 @@ impl TestServer {
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+
+    /// `http://addr`
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// The database file, for opening a second handle "as another process would".
@@ -163,12 +202,7 @@ impl TestServer {
 
     /// Opens a subscribeLabels stream with the given query string (`""` or `"cursor=N"`).
     pub async fn subscribe(&self, query: &str) -> Subscriber {
-        let url = self.subscribe_url(query);
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .unwrap();
-        Subscriber { ws }
+        Subscriber::connect(&self.subscribe_url(query)).await
     }
 
     /// The WebSocket URL of subscribeLabels.
@@ -267,6 +301,15 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// Connects to a subscribeLabels URL (bounded wait).
+    pub async fn connect(url: &str) -> Subscriber {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        Subscriber { ws }
+    }
+
     /// The next raw WebSocket message, control frames included (bounded wait).
     pub async fn next_message(&mut self) -> Option<Result<Message, tungstenite::Error>> {
         tokio::time::timeout(WAIT, self.ws.next())

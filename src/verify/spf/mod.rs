@@ -13,7 +13,7 @@
 //! - Limits (RFC 7208 §4.6.4): at most 10 DNS-querying terms (`include`, `a`, `mx`, `ptr`,
 //!   `exists`, `redirect`) across the whole tree; at most 2 void lookups (NXDOMAIN or no
 //!   records); at most 10 MX records for an `mx` term. Loops are reported as such.
-//! - Permissiveness (`mail-dns.md` §1): `+all` or a bare `all`; a pass-qualified `ip4` range
+//! - Permissiveness (`docs/verification.md` §1): `+all` or a bare `all`; a pass-qualified `ip4` range
 //!   wider than /8 ([`IP4_MIN_PREFIX`]) or `ip6` wider than /24 ([`IP6_MIN_PREFIX`]); a total
 //!   pass-qualified space of at least a /8 (2^24 IPv4 addresses) or a /24 of IPv6; `a`/`mx`
 //!   with such a short CIDR (e.g. `a/0`); `exists:` without a macro (its answer does not depend

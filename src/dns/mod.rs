@@ -1,11 +1,17 @@
 //! DNS lookups for the verifier: TXT, MX and address records, with the three-way answer
 //! (`Found` / `NxDomain` / `NoData`) kept apart from every kind of failure.
 //!
-//! This is the only module that sees hickory types. It owns two hickory resolvers built from
-//! the same servers: one with a response cache (ordinary checks) and one without any cache
-//! (`fresh = true`, used to confirm a definitive failure before a label is withdrawn).
+//! This is the only module that sees hickory types. A [`Resolver`] asks one of two kinds of
+//! upstream:
+//! - configured servers (or the system resolver), through two hickory resolvers: one with a
+//!   response cache (ordinary checks) and one without any cache (`fresh = true`, used to look
+//!   again before a failure is acted on);
+//! - each zone's own authoritative servers, asked directly without recursion
+//!   ([`Resolver::authoritative`], in `authoritative.rs`): the independent vantage point that
+//!   confirms a withdrawal when no second resolver set is configured, as Let's Encrypt
+//!   validates from more than one place.
 //!
-//! What it implements (see `mail-dns.md` §6–§7):
+//! What it implements (see `docs/verification.md` §6–§7):
 //! - RFC 2308 / RFC 8020 negative answers: NXDOMAIN and NODATA are answers, not errors. Only
 //!   they may count as "absent"; SERVFAIL, REFUSED, FORMERR, timeouts, truncation without a TCP
 //!   retry and I/O errors are all [`Error`] ("could not decide"). hickory 0.26 reports other
@@ -20,8 +26,16 @@
 //! list applies, and are built with `Name::from_ascii`, which accepts underscores anywhere
 //! (`sel_1._domainkey.example.com`). Only ASCII letters, digits, `-`, `_` and `.` are accepted.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod address;
+mod authoritative;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use address::{is_public, non_public_reason};
 
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -142,19 +156,43 @@ pub enum Error {
 /// A DNS client for the verifier. Cheap to clone (shares the resolvers and their cache).
 #[derive(Clone)]
 pub struct Resolver {
-    cached: TokioResolver,
-    fresh: TokioResolver,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Upstream,
     /// Hard deadline for one lookup, on top of hickory's own per-attempt timeouts: no query
     /// can hang a check, whatever the transport does.
     deadline: Duration,
+    /// Who answers, for reports ("the resolvers 10.0.0.1:53").
+    description: String,
+}
+
+enum Upstream {
+    /// Configured servers or the system resolver.
+    Servers {
+        cached: Box<TokioResolver>,
+        fresh: Box<TokioResolver>,
+    },
+    /// Each zone's authoritative servers, found through another resolver.
+    Authoritative(authoritative::Zones),
 }
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("dns::Resolver")
-            .field("deadline", &self.deadline)
+            .field("upstream", &self.inner.description)
+            .field("deadline", &self.inner.deadline)
             .finish_non_exhaustive()
     }
+}
+
+/// The whole-lookup deadline for a per-attempt `timeout`: two attempts over UDP, a TCP retry
+/// after truncation, and slack.
+fn deadline_for(timeout: Duration) -> Duration {
+    timeout
+        .saturating_mul(5)
+        .saturating_add(Duration::from_secs(1))
 }
 
 impl Resolver {
@@ -164,15 +202,46 @@ impl Resolver {
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Resolver, Error> {
         let cached = build(servers, timeout, CACHE_SIZE)?;
         let fresh = build(servers, timeout, 0)?;
-        // Two attempts over UDP, a TCP retry after truncation, and slack.
-        let deadline = timeout
-            .saturating_mul(5)
-            .saturating_add(Duration::from_secs(1));
+        let description = if servers.is_empty() {
+            "the system resolver".to_owned()
+        } else {
+            let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+            format!("the resolvers {}", list.join(", "))
+        };
         Ok(Resolver {
-            cached,
-            fresh,
-            deadline,
+            inner: Arc::new(Inner {
+                upstream: Upstream::Servers {
+                    cached: Box::new(cached),
+                    fresh: Box::new(fresh),
+                },
+                deadline: deadline_for(timeout),
+                description,
+            }),
         })
+    }
+
+    /// A resolver that asks each name's own authoritative servers directly (no recursion, no
+    /// answer cache). `locator` finds them: the zone's NS records and their addresses. Only
+    /// that discovery goes through `locator`; the answers themselves come from the zone, so a
+    /// locator that invents absence cannot make this resolver confirm it. `port` is where the
+    /// authoritative servers listen (53; tests use their own).
+    pub fn authoritative(locator: &Resolver, timeout: Duration, port: u16) -> Resolver {
+        Resolver {
+            inner: Arc::new(Inner {
+                upstream: Upstream::Authoritative(authoritative::Zones::new(
+                    locator.clone(),
+                    timeout,
+                    port,
+                )),
+                deadline: deadline_for(timeout).saturating_mul(3),
+                description: "each zone's authoritative servers".to_owned(),
+            }),
+        }
+    }
+
+    /// Who this resolver asks, for reports and logs.
+    pub fn describe(&self) -> &str {
+        &self.inner.description
     }
 
     /// TXT records at `name`: each record's character-strings joined with no separator
@@ -240,39 +309,59 @@ impl Resolver {
     }
 
     /// Runs one query and sorts the outcome into answer / negative answer / error.
-    async fn lookup(
-        &self,
-        name: &str,
+    ///
+    /// A boxed future with its `Send` bound written out: the authoritative upstream finds a
+    /// zone's servers through another resolver's `lookup`, and that recursion needs a named
+    /// future type.
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
         rtype: RecordType,
         fresh: bool,
-    ) -> Result<Answer<Record>, Error> {
-        let rname = rtype_name(rtype);
-        let query_name = to_name(name).map_err(|reason| Error::InvalidName {
-            name: name.chars().take(300).collect(),
-            rtype: rname,
-            reason,
-        })?;
-        let display = host_string(&query_name);
-        let resolver = if fresh { &self.fresh } else { &self.cached };
-        let result =
-            tokio::time::timeout(self.deadline, resolver.lookup(query_name.clone(), rtype)).await;
-        match result {
-            Err(_) => Err(Error::Timeout {
-                name: display,
+    ) -> Pin<Box<dyn Future<Output = Result<Answer<Record>, Error>> + Send + 'a>> {
+        Box::pin(async move {
+            let rname = rtype_name(rtype);
+            let query_name = to_name(name).map_err(|reason| Error::InvalidName {
+                name: name.chars().take(300).collect(),
                 rtype: rname,
-            }),
-            Ok(Ok(lookup)) => {
-                let records = select(&lookup, &query_name, rtype);
-                if records.is_empty() {
-                    // NOERROR with answers of other types only (or none on the chain):
-                    // nothing of this type exists at the name.
-                    Ok(Answer::NoData)
-                } else {
-                    Ok(Answer::Found(records))
+                reason,
+            })?;
+            let display = host_string(&query_name);
+            let timed_out = || Error::Timeout {
+                name: display.clone(),
+                rtype: rname,
+            };
+            match &self.inner.upstream {
+                Upstream::Servers { cached, fresh: f } => {
+                    let resolver = if fresh { f } else { cached };
+                    let lookup = resolver.lookup(query_name.clone(), rtype);
+                    match tokio::time::timeout(self.inner.deadline, lookup).await {
+                        Err(_) => Err(timed_out()),
+                        Ok(Ok(lookup)) => Ok(answer(&lookup, &query_name, rtype)),
+                        Ok(Err(e)) => classify(e, display.clone(), rname),
+                    }
+                }
+                Upstream::Authoritative(zones) => {
+                    let lookup = zones.lookup(&query_name, rtype);
+                    match tokio::time::timeout(self.inner.deadline, lookup).await {
+                        Err(_) => Err(timed_out()),
+                        Ok(r) => r,
+                    }
                 }
             }
-            Ok(Err(e)) => classify(e, display, rname),
-        }
+        })
+    }
+}
+
+/// The records of `rtype` at `query` (or along its CNAME chain) in a successful lookup.
+fn answer(lookup: &Lookup, query: &Name, rtype: RecordType) -> Answer<Record> {
+    let records = select(lookup, query, rtype);
+    if records.is_empty() {
+        // NOERROR with answers of other types only (or none on the chain): nothing of this
+        // type exists at the name.
+        Answer::NoData
+    } else {
+        Answer::Found(records)
     }
 }
 
@@ -281,6 +370,20 @@ fn build(
     servers: &[SocketAddr],
     timeout: Duration,
     cache_size: u64,
+) -> Result<TokioResolver, Error> {
+    build_with(servers, timeout, cache_size, true)
+}
+
+/// A resolver that asks authoritative `servers` directly: no recursion wanted, no cache.
+fn build_direct(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, Error> {
+    build_with(servers, timeout, 0, false)
+}
+
+fn build_with(
+    servers: &[SocketAddr],
+    timeout: Duration,
+    cache_size: u64,
+    recursion_desired: bool,
 ) -> Result<TokioResolver, Error> {
     let mut builder = if servers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| Error::Setup(format!("system resolver: {e}")))?
@@ -314,6 +417,7 @@ fn build(
     options.edns0 = true;
     // Many checks run at once; TCP connections are shared, so allow a deep pipeline.
     options.max_active_requests = 256;
+    options.recursion_desired = recursion_desired;
     builder.build().map_err(|e| Error::Setup(e.to_string()))
 }
 
@@ -421,6 +525,8 @@ fn rtype_name(rtype: RecordType) -> &'static str {
         RecordType::MX => "MX",
         RecordType::A => "A",
         RecordType::AAAA => "AAAA",
+        RecordType::NS => "NS",
+        RecordType::CNAME => "CNAME",
         _ => "other",
     }
 }
@@ -440,79 +546,6 @@ impl<T> Answer<T> {
             Answer::NoData => Answer::NoData,
         }
     }
-}
-
-/// Why `ip` is not a globally reachable unicast address, or `None` if it is one.
-///
-/// Covers the IANA special-purpose registries' blocks that are not globally reachable
-/// (RFC 6890 and updates): unspecified, "this network", loopback, private (RFC 1918), shared
-/// CGNAT space (RFC 6598), link-local, IETF protocol assignments, documentation (RFC 5737,
-/// RFC 3849, RFC 9637), benchmarking (RFC 2544), multicast, reserved and broadcast, unique local
-/// and site-local IPv6, discard-only, and IPv6 forms that embed an IPv4 address (mapped,
-/// NAT64, 6to4, Teredo), which are judged by that address or refused. Used for SSRF filtering
-/// of outgoing HTTP and for MX target usability.
-pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => v4_reason(v4),
-        IpAddr::V6(v6) => v6_reason(v6),
-    }
-}
-
-/// True if `ip` is a globally reachable unicast address (see [`non_public_reason`]).
-pub fn is_public(ip: IpAddr) -> bool {
-    non_public_reason(ip).is_none()
-}
-
-fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, c, _] = ip.octets();
-    Some(match (a, b, c) {
-        _ if ip.is_unspecified() => "unspecified",
-        (0, _, _) => "\"this network\" (0.0.0.0/8)",
-        (10, _, _) => "private (10.0.0.0/8)",
-        (100, 64..=127, _) => "shared CGNAT space (100.64.0.0/10)",
-        (127, _, _) => "loopback",
-        (169, 254, _) => "link-local",
-        (172, 16..=31, _) => "private (172.16.0.0/12)",
-        (192, 0, 0) => "IETF protocol assignments (192.0.0.0/24)",
-        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation (RFC 5737)",
-        (192, 88, 99) => "deprecated 6to4 relay anycast",
-        (192, 168, _) => "private (192.168.0.0/16)",
-        (198, 18..=19, _) => "benchmarking (198.18.0.0/15)",
-        (224..=239, _, _) => "multicast",
-        (240..=255, _, _) => "reserved (240.0.0.0/4) or broadcast",
-        _ => return None,
-    })
-}
-
-fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
-    let s = ip.segments();
-    if ip.is_unspecified() {
-        return Some("unspecified");
-    }
-    if ip.is_loopback() {
-        return Some("loopback");
-    }
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return v4_reason(v4);
-    }
-    Some(match s {
-        // 64:ff9b::/96 (NAT64) and 64:ff9b:1::/48 (local-use NAT64): the v4 address decides
-        // where traffic goes; refuse rather than guess the translator.
-        [0x64, 0xff9b, ..] => "NAT64 (64:ff9b::/96, 64:ff9b:1::/48)",
-        [0x100, 0, 0, 0, ..] => "discard-only (100::/64)",
-        [0x2001, 0x0db8, ..] => "documentation (2001:db8::/32)",
-        [0x2001, x, ..] if x < 0x200 => "IETF protocol assignments and Teredo (2001::/23)",
-        [0x2002, ..] => "6to4 (2002::/16)",
-        [0x3fff, y, ..] if y < 0x1000 => "documentation (3fff::/20)",
-        [x, ..] if x & 0xfe00 == 0xfc00 => "unique local (fc00::/7)",
-        [x, ..] if x & 0xffc0 == 0xfe80 => "link-local (fe80::/10)",
-        [x, ..] if x & 0xffc0 == 0xfec0 => "site-local (fec0::/10)",
-        [x, ..] if x & 0xff00 == 0xff00 => "multicast",
-        // Everything outside 2000::/3 is unassigned or special (including ::/96 compatible
-        // addresses and 5f00::/16 segment identifiers).
-        [x, ..] if x & 0xe000 != 0x2000 => "not global unicast (outside 2000::/3)",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -548,57 +581,5 @@ mod tests {
             exchange: "mx.example.test".to_owned(),
         };
         assert!(!real.is_null());
-    }
-
-    #[test]
-    fn public_and_reserved_addresses() {
-        for s in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "100.64.0.1",
-            "100.127.255.255",
-            "169.254.169.254",
-            "0.0.0.0",
-            "0.1.2.3",
-            "192.0.2.1",
-            "198.18.0.1",
-            "224.0.0.1",
-            "255.255.255.255",
-            "240.0.0.1",
-            "::",
-            "::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "fe80::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "ff02::1",
-            "2001:db8::1",
-            "64:ff9b::a00:1",
-            "2002:7f00:1::1",
-            "2001::1",
-            "3fff::1",
-            "::127.0.0.1",
-        ] {
-            let ip: IpAddr = s.parse().unwrap();
-            assert!(!is_public(ip), "{s} should not be public");
-        }
-        for s in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "11.22.33.44",
-            "100.63.255.255",
-            "100.128.0.1",
-            "172.32.0.1",
-            "2606:4700::1111",
-            "2a00:1450:4001::1",
-            "::ffff:8.8.8.8",
-        ] {
-            let ip: IpAddr = s.parse().unwrap();
-            assert!(is_public(ip), "{s} should be public");
-        }
     }
 }
