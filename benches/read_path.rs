@@ -47,6 +47,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use atmos_labeler::health::Health;
 use atmos_labeler::keys::SigningKey;
 use atmos_labeler::label::{Label, RELAY_MEMBER, SignedLabel, VERIFIED_MAIL_OPERATOR};
 use atmos_labeler::server::{Options, Server};
@@ -151,9 +152,12 @@ fn serve(db: &Path) -> anyhow::Result<()> {
         let options = Options {
             labeler_did: key.did_key().to_owned(),
             label_key_multikey: key.multikey().to_owned(),
+            // `backfill100` stands for 100 consumers on as many hosts; here they all come
+            // from 127.0.0.1.
+            max_subscribers_per_ip: 1000,
             ..Options::default()
         };
-        let server = Server::new(store, options, Some(metrics));
+        let server = Server::new(store, options, Some(metrics), Health::new());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("PORT {}", listener.local_addr()?.port());
         std::io::stdout().flush()?;

@@ -161,6 +161,10 @@ impl Tuning {
             scheduler: scheduler::Options::default(),
             server: server::Options {
                 max_subscribers: config.max_subscribers,
+                max_connections: config.max_connections,
+                max_connections_per_ip: config.max_connections_per_ip,
+                max_subscribers_per_ip: config.max_subscribers_per_ip,
+                trusted_proxies: config.trusted_proxies.clone(),
                 ..server::Options::default()
             },
             clock: manager::Clock::System,
@@ -179,6 +183,9 @@ pub struct Running {
     pub did: String,
     /// Cancels everything.
     pub shutdown: CancellationToken,
+    /// What the components report about themselves (served at `/xrpc/_health`); hand it to
+    /// any component that has state to report.
+    pub health: Health,
     tasks: JoinSet<Result<(), Error>>,
 }
 
@@ -300,7 +307,7 @@ pub async fn start(
             window: config.breaker_window,
             max_hold: config.breaker_max_hold,
         },
-        health,
+        health.clone(),
     )?;
     let (tx, rx) = tokio::sync::mpsc::channel(manager::COMMAND_CAPACITY);
     let consumer = jetstream::Client::new(
@@ -311,6 +318,7 @@ pub async fn start(
         tx.clone(),
         manager.tracked(),
         cursor,
+        health.clone(),
     );
     consumer.url(None)?;
     let scheduler = scheduler::Scheduler::new(
@@ -329,6 +337,7 @@ pub async fn start(
             ..tuning.server
         },
         Some(telemetry::metrics_handle()),
+        health.clone(),
     );
 
     let mut tasks = JoinSet::new();
@@ -354,6 +363,7 @@ pub async fn start(
         addr,
         did,
         shutdown,
+        health,
         tasks,
     })
 }

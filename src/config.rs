@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::syntax;
@@ -127,6 +128,14 @@ pub struct RawConfig {
     pub label_ttl: Option<String>,
     /// `labelerPds`, default unset: the PDS of the labeler's own account.
     pub labeler_pds: Option<String>,
+    /// `maxConnections`, default 4096.
+    pub max_connections: Option<u64>,
+    /// `maxConnectionsPerIp`, default 256.
+    pub max_connections_per_ip: Option<u64>,
+    /// `maxSubscribersPerIp`, default 32.
+    pub max_subscribers_per_ip: Option<u64>,
+    /// `trustedProxies`, default empty.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Names that exist, resolved to tell whether the labeler's own resolver works (the guard's
@@ -192,6 +201,14 @@ pub struct Config {
     pub label_ttl: Option<Duration>,
     /// The PDS of the labeler's own account, served as `#atproto_pds` in the did:web document.
     pub labeler_pds: Option<String>,
+    /// Cap on open HTTP connections.
+    pub max_connections: usize,
+    /// Cap on open HTTP connections per client address (trusted proxies exempt).
+    pub max_connections_per_ip: usize,
+    /// Cap on subscribeLabels connections per client address.
+    pub max_subscribers_per_ip: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (addresses as one-address nets).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for Config {
@@ -373,6 +390,17 @@ impl Config {
             return Err(invalid("signingKeyPath", "must not be empty".to_owned()));
         }
 
+        let mut trusted_proxies = Vec::new();
+        for p in raw.trusted_proxies.unwrap_or_default() {
+            let net = parse_proxy(&p).ok_or_else(|| {
+                invalid(
+                    "trustedProxies",
+                    format!("{p:?} is not an IP address or a CIDR (\"10.0.0.0/8\", \"::1\")"),
+                )
+            })?;
+            trusted_proxies.push(net);
+        }
+
         Ok(Config {
             listen_addr,
             state_dir,
@@ -399,6 +427,18 @@ impl Config {
             breaker_max_hold: duration("breakerMaxHold", raw.breaker_max_hold, "24h")?,
             label_ttl,
             labeler_pds,
+            max_connections: positive("maxConnections", raw.max_connections, 4096)?,
+            max_connections_per_ip: positive(
+                "maxConnectionsPerIp",
+                raw.max_connections_per_ip,
+                256,
+            )?,
+            max_subscribers_per_ip: positive(
+                "maxSubscribersPerIp",
+                raw.max_subscribers_per_ip,
+                32,
+            )?,
+            trusted_proxies,
         })
     }
 
@@ -478,6 +518,14 @@ fn parse_dns_server(s: &str) -> Option<SocketAddr> {
     s.parse().ok()
 }
 
+/// A trusted proxy: `ip` (one address) or a CIDR `ip/len`, normalised to its network.
+fn parse_proxy(s: &str) -> Option<IpNet> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    s.parse::<IpNet>().ok().map(|n| n.trunc())
+}
+
 /// Checks that `s` parses as a URL with one of `schemes` and a host.
 fn check_url(s: &str, schemes: &[&str]) -> Result<(), String> {
     let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
@@ -519,6 +567,24 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.stale_after, Duration::from_secs(72 * 3600));
         assert!(c.labeler_did.is_none() && c.relay_spf_include.is_none());
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections_per_ip, 256);
+        assert_eq!(c.max_subscribers_per_ip, 32);
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidrs() {
+        let c = Config::from_str(
+            r#"{"trustedProxies": ["10.1.2.3", "192.168.7.9/16", "fd00::/8", "::1"]}"#,
+            "t",
+        )
+        .unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            nets,
+            ["10.1.2.3/32", "192.168.0.0/16", "fd00::/8", "::1/128"]
+        );
     }
 
     #[test]
@@ -572,6 +638,11 @@ mod tests {
             (r#"{"logFormat": "xml"}"#, "logFormat"),
             (r#"{"maxSubscribers": 0}"#, "maxSubscribers"),
             (r#"{"relaySpfInclude": "not a domain"}"#, "relaySpfInclude"),
+            (r#"{"maxConnections": 0}"#, "maxConnections"),
+            (r#"{"maxConnectionsPerIp": 0}"#, "maxConnectionsPerIp"),
+            (r#"{"maxSubscribersPerIp": 0}"#, "maxSubscribersPerIp"),
+            (r#"{"trustedProxies": ["proxy.local"]}"#, "trustedProxies"),
+            (r#"{"trustedProxies": ["10.0.0.0/33"]}"#, "trustedProxies"),
         ] {
             let err = Config::from_str(text, "c").unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");

@@ -18,8 +18,13 @@ pub const JETSTREAM_EVENTS: &str = "labeler_jetstream_events_total";
 pub const JETSTREAM_SKIPPED: &str = "labeler_jetstream_skipped_total";
 /// Jetstream (re)connections, by `outcome` (connected, failed).
 pub const JETSTREAM_CONNECTS: &str = "labeler_jetstream_connects_total";
-/// Seconds between now and the `time_us` of the last Jetstream event seen.
+/// Seconds between now and the `time_us` of the last committed Jetstream event (the saved
+/// cursor), computed at scrape time so it keeps rising while intake is stalled.
 pub const JETSTREAM_LAG: &str = "labeler_jetstream_lag_seconds";
+/// Seconds since the last Jetstream frame of any kind arrived (set at scrape time).
+pub const JETSTREAM_FRAME_AGE: &str = "labeler_jetstream_last_frame_age_seconds";
+/// 1 while a Jetstream session is open, else 0 (set at scrape time).
+pub const JETSTREAM_CONNECTED: &str = "labeler_jetstream_connected";
 /// Events or re-checks the manager could not process, by `reason`.
 pub const MANAGER_FAILURES: &str = "labeler_manager_failures_total";
 /// Verifications, by `outcome` (pass, fail, could-not-decide).
@@ -42,6 +47,17 @@ pub const GUARD_BREAKER_OPEN: &str = "labeler_guard_breaker_open";
 pub const GUARD_HELD: &str = "labeler_guard_withdrawals_held_total";
 /// HTTP requests, by `route` and `status`.
 pub const HTTP_REQUESTS: &str = "labeler_server_http_requests_total";
+/// Open HTTP connections (not counting upgraded subscriber streams).
+pub const CONNECTIONS: &str = "labeler_server_connections";
+/// Connections closed on accept, by `reason` (`total`: `maxConnections`; `per_client`:
+/// `maxConnectionsPerIp`).
+pub const CONNECTIONS_REFUSED: &str = "labeler_server_connections_refused_total";
+/// subscribeLabels requests refused by `maxSubscribersPerIp` (`reason="per_client"`).
+pub const SUBSCRIBERS_REFUSED: &str = "labeler_server_subscribers_refused_total";
+/// Subscribers closed for leaving two pings unanswered.
+pub const SUBSCRIBERS_UNRESPONSIVE: &str = "labeler_server_subscribers_unresponsive_total";
+/// Times the live label feed died and was restarted.
+pub const LIVE_FEED_RESTARTS: &str = "labeler_server_live_feed_restarts_total";
 
 /// An error with its whole `source()` chain on one line, `outer: cause: root cause`, for logs
 /// and reasons. Display strings never repeat their source (the chain is printed once, here or

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use atmos_labeler::health::Health;
 use atmos_labeler::jetstream::{Client, Options};
 use atmos_labeler::manager::{Command, Tracked};
 use serde_json::json;
@@ -65,7 +66,13 @@ async fn events_arrive_in_order_and_untracked_accounts_are_dropped() {
     let t_id = fake.identity("did:plc:tracked", "alice.test");
     let t_acct = fake.account("did:plc:tracked", false, Some("deactivated"));
     let t_del = fake.delete("did:plc:new", "r1");
-    let token = spawn(Client::new(options(fake.url()), tx, tracked, Some(t1)));
+    let token = spawn(Client::new(
+        options(fake.url()),
+        tx,
+        tracked,
+        Some(t1),
+        Health::new(),
+    ));
 
     match next_event(&mut rx).await {
         Command::Put {
@@ -146,6 +153,7 @@ async fn ten_dropped_connections_mid_replay_lose_nothing() {
         tx,
         Tracked::default(),
         Some(times[0]),
+        Health::new(),
     ));
     let mut seen = HashSet::new();
     let mut last = 0;
@@ -186,6 +194,7 @@ async fn malformed_frames_are_skipped_and_the_stream_goes_on() {
         tx,
         Tracked::default(),
         Some(t0),
+        Health::new(),
     ));
     assert!(matches!(next_event(&mut rx).await, Command::Put { cursor, .. } if cursor == t0));
     assert!(matches!(next_event(&mut rx).await, Command::Put { cursor, .. } if cursor == t1));
@@ -219,7 +228,13 @@ async fn a_full_queue_pauses_intake_and_resumes_without_loss_or_repeats() {
         rewind: Duration::from_secs(5),
         ..options(fake.url())
     };
-    let token = spawn(Client::new(opts, tx, Tracked::default(), first));
+    let token = spawn(Client::new(
+        opts,
+        tx,
+        Tracked::default(),
+        first,
+        Health::new(),
+    ));
     // Let the queue fill before reading anything: the client must disconnect, not block.
     // (A channel tells its receiver nothing about being full: poll, bounded.)
     assert!(
@@ -251,7 +266,13 @@ async fn a_silent_server_is_left_after_the_idle_timeout() {
         idle_timeout: Duration::from_millis(200),
         ..options(fake.url())
     };
-    let token = spawn(Client::new(opts, tx, Tracked::default(), None));
+    let token = spawn(Client::new(
+        opts,
+        tx,
+        Tracked::default(),
+        None,
+        Health::new(),
+    ));
     assert!(
         crate::common::eventually(WAIT, || async { fake.connections() >= 3 }).await,
         "reconnected after idling"
@@ -273,6 +294,7 @@ async fn an_account_event_right_after_a_first_attestation_is_passed_on() {
         tx,
         Tracked::default(),
         Some(t0),
+        Health::new(),
     ));
     assert!(matches!(next_event(&mut rx).await, Command::Put { cursor, .. } if cursor == t0));
     assert!(

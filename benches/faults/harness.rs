@@ -90,6 +90,8 @@ impl Instance {
             "reverifyInterval": reverify,
             "allowPrivateAddresses": true,
             "logFormat": "json",
+            // The soak's subscribers stand for many hosts but all come from 127.0.0.1.
+            "maxSubscribersPerIp": 1000,
         });
         std::fs::write(&config, serde_json::to_vec_pretty(&text)?).context("config file")?;
         Ok(Instance {

@@ -20,6 +20,11 @@
 //!   than the queue still makes progress;
 //! - malformed frames, unknown kinds and oversized records are logged with the DID and rkey,
 //!   counted, and skipped.
+//!
+//! It reports its connection in [`Health`] (connected, since when, the last frame, why the
+//! last session ended) for `/xrpc/_health` and `/metrics`. The last frame's time is written
+//! once per checkpoint tick, not per frame: identity and account events for the whole
+//! network arrive on this socket.
 
 mod event;
 
@@ -27,13 +32,14 @@ pub use event::{Event, MAX_EVENT_BYTES, ParseError, parse};
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{self, Health};
 use crate::manager::{Command, Tracked};
 use crate::telemetry;
 
@@ -116,6 +122,8 @@ pub struct Client {
     reported: Option<i64>,
     /// What this process already handed over, for the length of a rewind.
     handed: Handed,
+    /// Where the connection's state is reported.
+    health: Health,
 }
 
 /// Most events remembered by [`Handed`] (about 2 MiB); past it the oldest are forgotten,
@@ -202,13 +210,16 @@ impl Handed {
 }
 
 impl Client {
-    /// A consumer that resumes after `cursor` (the manager's saved cursor) and sends to `tx`.
+    /// A consumer that resumes after `cursor` (the manager's saved cursor), sends to `tx` and
+    /// reports its connection in `health` (from now on: disconnected until it connects).
     pub fn new(
         options: Options,
         tx: mpsc::Sender<Command>,
         tracked: Tracked,
         cursor: Option<i64>,
+        health: Health,
     ) -> Client {
+        health.update(|s| s.jetstream = Some(health::Jetstream::default()));
         Client {
             options,
             tx,
@@ -216,7 +227,14 @@ impl Client {
             last: cursor,
             reported: cursor,
             handed: Handed::default(),
+            health,
         }
+    }
+
+    /// Records the session's state in `health`.
+    fn report(&self, f: impl FnOnce(&mut health::Jetstream)) {
+        self.health
+            .update(|s| f(s.jetstream.get_or_insert_with(Default::default)));
     }
 
     /// The subscription URL for resuming at `cursor`.
@@ -274,7 +292,16 @@ impl Client {
                     metrics::counter!(telemetry::JETSTREAM_CONNECTS, "outcome" => "connected")
                         .increment(1);
                     tracing::info!(url = %self.options.url, cursor, "connected to Jetstream");
-                    self.session(ws, &shutdown).await
+                    self.report(|j| {
+                        j.connected = true;
+                        j.since = Some(SystemTime::now());
+                    });
+                    let end = self.session(ws, &shutdown).await;
+                    self.report(|j| {
+                        j.connected = false;
+                        j.since = Some(SystemTime::now());
+                    });
+                    end
                 }
                 Ok(None) => End::Shutdown,
                 Err(reason) => {
@@ -285,6 +312,18 @@ impl Client {
             };
             // Report progress even when the session ends.
             self.checkpoint();
+            let why = match &end {
+                End::Shutdown => None,
+                End::Backpressure => Some("paused: the verification queue is full".to_owned()),
+                End::Unreachable(r) | End::Lost(r) => Some(r.clone()),
+            };
+            if let Some(why) = why {
+                self.report(|j| {
+                    // `since` stays when the connection was already down: it says since when.
+                    j.since.get_or_insert_with(SystemTime::now);
+                    j.last_error = Some(why);
+                });
+            }
             match end {
                 End::Shutdown => return Ok(()),
                 End::Backpressure => {
@@ -364,14 +403,26 @@ impl Client {
         // Only frames (pings included) move the idle deadline; the checkpoint tick must not.
         let idle = tokio::time::sleep(self.options.idle_timeout);
         tokio::pin!(idle);
+        // When the last frame arrived, and whether `health` has heard of it yet.
+        let mut last_frame = None;
+        let mut frame_reported = true;
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break End::Shutdown,
-                _ = tick.tick() => self.checkpoint(),
+                _ = tick.tick() => {
+                    self.checkpoint();
+                    if !frame_reported {
+                        self.report(|j| j.last_frame = last_frame);
+                        frame_reported = true;
+                    }
+                }
                 _ = &mut idle => break End::Lost(format!(
                     "no frame for {:?}", self.options.idle_timeout)),
                 msg = ws.next() => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.options.idle_timeout);
+                    let now = tokio::time::Instant::now();
+                    idle.as_mut().reset(now + self.options.idle_timeout);
+                    last_frame = Some(now.into_std());
+                    frame_reported = false;
                     let msg = match msg {
                         None => break End::Lost("the server closed the stream".to_owned()),
                         Some(Err(e)) => break End::Lost(format!("read failed: {e}")),
@@ -403,6 +454,9 @@ impl Client {
                 }
             }
         };
+        if !frame_reported {
+            self.report(|j| j.last_frame = last_frame);
+        }
         // Best effort: say goodbye so the server frees the subscription at once.
         let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
         end
@@ -468,8 +522,6 @@ impl Client {
         }
         if let Some(t) = time_us {
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
-            let lag = (now_us() - t) as f64 / 1e6;
-            metrics::gauge!(telemetry::JETSTREAM_LAG).set(lag.max(0.0));
         }
         None
     }
@@ -532,6 +584,7 @@ mod tests {
             tx,
             Tracked::default(),
             None,
+            Health::new(),
         );
         assert_eq!(
             c.url(Some(1_789_985_725_412_775)).unwrap(),
@@ -547,6 +600,7 @@ mod tests {
             tx,
             Tracked::default(),
             None,
+            Health::new(),
         );
         assert!(bad.url(None).is_err());
     }

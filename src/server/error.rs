@@ -8,7 +8,7 @@
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// Seconds a client turned away by the subscriber cap is asked to wait (`Retry-After`).
+/// Seconds a client turned away by a subscriber cap is asked to wait (`Retry-After`).
 const RETRY_AFTER_SECS: &str = "5";
 
 /// An XRPC error response.
@@ -33,6 +33,9 @@ pub(crate) enum XrpcError {
     /// The subscriber cap is reached (503 with `Retry-After`).
     #[error("Too many subscribers; retry later")]
     TooManySubscribers,
+    /// This client holds its share of subscriber slots already (429 with `Retry-After`).
+    #[error("Too many subscribers from this address (at most {0}); retry later")]
+    TooManySubscribersFromClient(usize),
     /// The server is shutting down (503).
     #[error("The server is shutting down")]
     ShuttingDown,
@@ -62,6 +65,9 @@ impl XrpcError {
             XrpcError::TooManySubscribers => {
                 (StatusCode::SERVICE_UNAVAILABLE, "TooManySubscribers")
             }
+            XrpcError::TooManySubscribersFromClient(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "TooManySubscribers")
+            }
             XrpcError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             XrpcError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "RequestTimeout"),
             XrpcError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
@@ -86,7 +92,9 @@ impl IntoResponse for XrpcError {
         let mut response = (status, json_body(body.to_string())).into_response();
         if matches!(
             self,
-            XrpcError::TooManySubscribers | XrpcError::ShuttingDown
+            XrpcError::TooManySubscribers
+                | XrpcError::TooManySubscribersFromClient(_)
+                | XrpcError::ShuttingDown
         ) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -7,24 +7,28 @@
 //! distribution endpoints, labeler identity); the details and the reasoning are in
 //! `docs/protocol.md` §3.2, §4, §5 and §7.
 //!
-//! Layout: `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
-//! one task that publishes committed labels to subscribers), `status` (health, DID document,
-//! metrics, verification state), `error` (the XRPC error enum that owns every status code),
-//! `params` (raw query strings).
+//! Layout: `listen` (the accept loop: hyper with a header and idle timeout, the connection
+//! caps), `limits` (who a client is, per-client counts, `X-Forwarded-For` from trusted
+//! proxies), `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
+//! one task that publishes committed labels to subscribers, and its supervisor), `status`
+//! (health, DID document, metrics, verification state), `error` (the XRPC error enum that
+//! owns every status code), `params` (raw query strings).
 //!
 //! HTTP routes run under a request timeout and a body limit; the WebSocket upgrade returns at
-//! once and its connection lives in its own task outside both. [`Server::run`] owns the live
-//! feed and the shutdown sequence: stop intake, close subscribers with 1001, return within a
-//! bounded time.
+//! once and its connection lives in its own task outside both. Database work that can take
+//! long runs on the blocking pool under a permit held until the work really ends
+//! (`run_limited`); the health probe has its own. [`Server::run`] owns the live feed and the
+//! shutdown sequence: stop intake, close subscribers with 1001, return within a bounded time.
 
 mod error;
+mod limits;
+mod listen;
 mod live;
 mod params;
 mod query;
 mod status;
 mod subscribe;
 
-use std::future::IntoFuture;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -34,14 +38,16 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::error::XrpcError;
-use self::live::{LiveFeed, LiveFrame};
+use self::limits::PerClient;
+use self::live::LiveFrame;
+use crate::health::Health;
 use crate::store::{self, Store};
 use crate::telemetry;
 
@@ -53,10 +59,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 16 * 1024;
 
 /// Requests whose database work runs on the blocking pool at the same time (prefix and
-/// source queries, getVerification, health). Each holds a pooled read connection: together
-/// with the inline lookups (one per runtime worker), [`subscribe::BACKFILL_READERS`] and the
-/// live feed this stays within the store's idle pool, so connections are reused rather than
-/// opened per request, and with two cores more would only queue in the kernel instead.
+/// source queries, getVerification). Each holds a pooled read connection: together with the
+/// inline lookups (one per runtime worker), [`subscribe::BACKFILL_READERS`], the health probe
+/// and the live feed this stays within the store's idle pool, so connections are reused rather
+/// than opened per request, and with two cores more would only queue in the kernel instead.
 const BLOCKING_QUERIES: usize = 2;
 
 /// How long shutdown waits for in-flight HTTP requests, and then again for subscribers.
@@ -85,17 +91,38 @@ pub struct Options {
     pub subscriber_buffer: usize,
     /// A frame write stalled this long means the consumer is too slow.
     pub write_timeout: Duration,
-    /// Interval of server pings on idle subscriber connections.
+    /// Interval of server pings on subscriber connections. A subscriber that leaves two of
+    /// them unanswered is closed.
     pub ping_interval: Duration,
     /// How often to check for commits by other processes (`PRAGMA data_version`); clamped to
     /// 10–500 ms.
     pub poll_interval: Duration,
+    /// Cap on open HTTP connections (WebSocket subscribers are counted by
+    /// `max_subscribers` once upgraded); more are closed at once.
+    pub max_connections: usize,
+    /// Cap on open HTTP connections per client (an IPv4 address or an IPv6 /64, by TCP peer);
+    /// trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
+    /// Cap on subscribeLabels connections per client (by `X-Forwarded-For` from trusted
+    /// proxies, else the TCP peer); more are refused with 429 before the upgrade.
+    pub max_subscribers_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time a client has to send a whole request head; also how long a connection may sit
+    /// idle between requests (see `listen`).
+    pub header_read_timeout: Duration,
+    /// How long `/xrpc/_health` waits for the database before reporting it unavailable.
+    pub health_timeout: Duration,
 }
 
 impl Default for Options {
     /// Production defaults. Ozone closes consumers 500 events behind; 8,192 frames (about
     /// 2 MB of shared frames) lets a healthy remote consumer ride out a burst such as a mass
     /// recheck. 30 s pings match indigo and rsky; `@atproto/ws-client` pings every 10 s itself.
+    /// A 10 s header timeout is what a client on a poor link needs for a few hundred bytes
+    /// (nginx allows 60 s, but it also buffers; we serve the request head directly). 2 s for
+    /// the health probe answers within the usual probe deadlines (Docker 30 s, Kubernetes
+    /// 1 s by default, so Kubernetes users raise `timeoutSeconds`).
     fn default() -> Options {
         Options {
             labeler_did: String::new(),
@@ -105,6 +132,12 @@ impl Default for Options {
             write_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             poll_interval: Duration::from_millis(250),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            max_subscribers_per_ip: 32,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -132,15 +165,26 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) options: Options,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// What the components say about themselves (read by `/xrpc/_health` and `/metrics`).
+    pub(crate) health: Health,
     /// Live frames for subscribers. Capacity `subscriber_buffer`: the oldest frame is dropped
     /// for a receiver that falls that far behind, which then closes as too slow.
     pub(crate) live: broadcast::Sender<LiveFrame>,
     /// One permit per allowed subscriber connection.
     pub(crate) subscriber_slots: Arc<Semaphore>,
+    /// Subscriber connections per client.
+    pub(crate) subscribers_per_client: Arc<PerClient>,
+    /// One permit per allowed HTTP connection.
+    pub(crate) connection_slots: Arc<Semaphore>,
+    /// HTTP connections per client.
+    pub(crate) connections_per_client: Arc<PerClient>,
     /// Permits to read a backfill page ([`subscribe::BACKFILL_READERS`]).
     pub(crate) backfill_slots: Semaphore,
     /// Permits for request work on the blocking pool ([`BLOCKING_QUERIES`]).
-    query_slots: Semaphore,
+    query_slots: Arc<Semaphore>,
+    /// The health probe's own permit: it never waits behind queries, and health checks
+    /// arriving together do not pile up on the blocking pool.
+    probe_slot: Arc<Semaphore>,
     /// Cancelled when the server stops: subscribers close, new ones are refused.
     pub(crate) stop: CancellationToken,
     /// Subscriber connections, so shutdown can wait for their goodbyes.
@@ -151,6 +195,19 @@ pub(crate) struct Shared {
     pub(crate) query_latency: metrics::Histogram,
     /// Request counters by route and status, registered on first use.
     http_requests: HttpCounters,
+    /// Open HTTP connections, and connections refused by each cap.
+    pub(crate) open_connections: metrics::Gauge,
+    pub(crate) refused_total: metrics::Counter,
+    pub(crate) refused_per_client: metrics::Counter,
+}
+
+/// Why the health probe could not read the database.
+#[derive(Debug)]
+pub(crate) enum ProbeError {
+    /// It did not answer within `health_timeout`.
+    Timeout(Duration),
+    /// It answered with an error.
+    Failed(XrpcError),
 }
 
 impl Shared {
@@ -160,48 +217,95 @@ impl Shared {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static,
     {
-        let _slot = self
-            .query_slots
-            .acquire()
-            .await
-            .map_err(|e| XrpcError::Internal(Box::new(e)))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| XrpcError::Internal(Box::new(e)))?
+        run_limited(&self.query_slots, &self.store, f).await
+    }
+
+    /// Reads the database the way the read path does and returns the saved Jetstream cursor,
+    /// within `health_timeout`, on the probe's own permit.
+    pub(crate) async fn probe(&self) -> Result<Option<i64>, ProbeError> {
+        let limit = self.options.health_timeout;
+        let read = run_limited(&self.probe_slot, &self.store, |s| {
+            s.ping()?;
+            Ok(s.cursor()?)
+        });
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => r.map_err(ProbeError::Failed),
+            Err(_) => Err(ProbeError::Timeout(limit)),
+        }
     }
 }
 
+/// Runs `f` on the blocking pool once a permit of `slots` is free.
+///
+/// The permit moves into the closure and is released only when `f` has returned (or
+/// unwound), never when the caller stops waiting: a request timeout drops this future, but
+/// `spawn_blocking` work cannot be cancelled and runs on, so a permit released with the future
+/// would let timed-out scans pile up on the blocking pool beyond the cap.
+async fn run_limited<T, F>(slots: &Arc<Semaphore>, store: &Store, f: F) -> Result<T, XrpcError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static,
+{
+    let slot = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .map_err(|e| XrpcError::Internal(Box::new(e)))?;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        f(&store)
+    })
+    .await
+    .map_err(|e| XrpcError::Internal(Box::new(e)))?
+}
+
 impl Server {
-    /// A server over `store`. Does no I/O; the live feed starts in [`Server::run`].
+    /// A server over `store`, reporting on the components in `health`. Does no I/O; the live
+    /// feed starts in [`Server::run`].
     ///
     /// Metric handles are registered here, so the recorder (see
     /// [`telemetry::metrics_handle`]) must be installed before.
-    pub fn new(store: Store, options: Options, metrics: Option<PrometheusHandle>) -> Server {
+    pub fn new(
+        store: Store,
+        options: Options,
+        metrics: Option<PrometheusHandle>,
+        health: Health,
+    ) -> Server {
         let mut options = options;
         options.poll_interval = options.poll_interval.clamp(MIN_POLL, MAX_POLL);
         let (live, _) = broadcast::channel(options.subscriber_buffer.max(1));
         let did_document = status::did_document(&options.labeler_did, &options.label_key_multikey);
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        let (open_connections, refused_total, refused_per_client) = listen::gauges();
         Server {
             shared: Arc::new(Shared {
                 store,
-                subscriber_slots: Arc::new(Semaphore::new(options.max_subscribers)),
+                subscriber_slots: permits(options.max_subscribers),
+                subscribers_per_client: PerClient::new(options.max_subscribers_per_ip),
+                connection_slots: permits(options.max_connections),
+                connections_per_client: PerClient::new(options.max_connections_per_ip),
                 backfill_slots: Semaphore::new(subscribe::BACKFILL_READERS),
-                query_slots: Semaphore::new(BLOCKING_QUERIES),
+                query_slots: permits(BLOCKING_QUERIES),
+                probe_slot: permits(1),
                 options,
                 metrics,
+                health,
                 live,
                 stop: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 did_document,
                 query_latency: metrics::histogram!(telemetry::QUERY_LATENCY),
                 http_requests: HttpCounters::default(),
+                open_connections,
+                refused_total,
+                refused_per_client,
             }),
         }
     }
 
     /// The axum router: every route, the fallbacks and the HTTP layers. Without
-    /// [`Server::run`] nothing publishes live labels, so subscribers get backfill only.
+    /// [`Server::run`] nothing publishes live labels, so subscribers get backfill only, and
+    /// no connection limits apply (they live in the accept loop).
     pub fn router(&self) -> Router {
         let shared = Arc::clone(&self.shared);
         Router::new()
@@ -210,7 +314,7 @@ impl Server {
                 get(query::query_labels).fallback(wrong_method),
             )
             .route(
-                "/xrpc/com.atproto.label.subscribeLabels",
+                listen::SUBSCRIBE_PATH,
                 get(subscribe::subscribe_labels).fallback(wrong_method),
             )
             .route(
@@ -243,44 +347,22 @@ impl Server {
     ) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
         let head = shared.store.call(|s| s.head_seq()).await?;
-        let feed = LiveFeed::new(
+        // Running from here on: the supervisor's task exists before the first request.
+        shared.health.update(|s| s.live_feed.running = true);
+        let feed = tokio::spawn(live::run_supervised(
             shared.store.clone(),
             shared.live.clone(),
             shared.options.poll_interval,
             head,
-        );
-        let feed = tokio::spawn(feed.run(shared.stop.clone()));
+            shared.health.clone(),
+            shared.stop.clone(),
+        ));
         if let Some(handle) = shared.metrics.clone() {
             tokio::spawn(metrics_upkeep(handle, shared.stop.clone()));
         }
 
-        let listener = listener.tap_io(|tcp| {
-            // Frames and small responses should leave at once, not wait for Nagle.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let stop = shared.stop.clone();
-        let signal = async move {
-            shutdown.cancelled().await;
-            stop.cancel();
-        };
-        let serve = axum::serve(listener, self.router())
-            .with_graceful_shutdown(signal)
-            .into_future();
-        let mut serve = tokio::spawn(serve);
+        listen::serve(Arc::clone(&shared), listener, self.router(), shutdown).await;
 
-        let result = tokio::select! {
-            r = &mut serve => r,
-            () = async {
-                shared.stop.cancelled().await;
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } => {
-                tracing::warn!("HTTP requests still running after the shutdown grace; dropping them");
-                serve.abort();
-                Ok(Ok(()))
-            }
-        };
         // Whatever ended serving, subscribers and the feed stop now.
         shared.stop.cancel();
         shared.tracker.close();
@@ -293,11 +375,7 @@ impl Server {
         if tokio::time::timeout(SHUTDOWN_GRACE, feed).await.is_err() {
             tracing::warn!("live feed still running after the shutdown grace");
         }
-        match result {
-            Ok(r) => r.map_err(Error::Serve),
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(Error::Serve(std::io::Error::other(e))),
-        }
+        Ok(())
     }
 }
 
@@ -407,7 +485,7 @@ impl Route {
 }
 
 /// Status label values; statuses outside the list count as "other".
-const STATUSES: [(u16, &str); 12] = [
+const STATUSES: [(u16, &str); 13] = [
     (101, "101"),
     (200, "200"),
     (400, "400"),
@@ -415,6 +493,7 @@ const STATUSES: [(u16, &str); 12] = [
     (405, "405"),
     (413, "413"),
     (426, "426"),
+    (429, "429"),
     (500, "500"),
     (501, "501"),
     (503, "503"),
@@ -503,6 +582,93 @@ pub mod fuzzing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("labels.db")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_blocking_permit_is_held_until_the_closure_returns_though_the_caller_gave_up() {
+        let (_dir, store) = temp_store();
+        let slots = Arc::new(Semaphore::new(2));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let returned = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&returned);
+        let mut call = Box::pin(run_limited(&slots, &store, move |_| {
+            entered_tx.send(()).unwrap();
+            // A long scan: it runs until the test lets it finish.
+            release_rx.recv_timeout(WAIT).unwrap();
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        }));
+        let entered = tokio::task::spawn_blocking(move || entered_rx.recv_timeout(WAIT).is_ok());
+        tokio::select! {
+            _ = &mut call => panic!("the closure finished before it was released"),
+            e = entered => assert!(e.unwrap(), "the closure started"),
+        }
+        // The caller stops waiting, as the request timeout does.
+        drop(call);
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "the closure still running holds its permit"
+        );
+        release_tx.send(()).unwrap();
+        let all = tokio::time::timeout(WAIT, slots.acquire_many(2))
+            .await
+            .expect("the permit comes back when the closure returns")
+            .unwrap();
+        assert!(returned.load(Ordering::SeqCst), "and not before");
+        drop(all);
+    }
+
+    #[tokio::test]
+    async fn health_reports_a_database_that_does_not_answer_in_time_as_unavailable() {
+        let (_dir, store) = temp_store();
+        let options = Options {
+            health_timeout: Duration::from_millis(50),
+            ..Options::default()
+        };
+        let server = Server::new(store, options, None, Health::new());
+        let shared = Arc::clone(&server.shared);
+        // A previous probe still stuck in the database holds the probe's permit.
+        let _stuck = Arc::clone(&shared.probe_slot)
+            .acquire_owned()
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, status::health(State(shared)))
+            .await
+            .expect("health answers within its own deadline");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["status"], "unavailable");
+        let error = body["components"]["database"]["error"].as_str().unwrap();
+        assert!(error.contains("did not answer within 50ms"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn health_answers_while_every_query_permit_is_taken() {
+        let (_dir, store) = temp_store();
+        let server = Server::new(store, Options::default(), None, Health::new());
+        let shared = Arc::clone(&server.shared);
+        let _all = Arc::clone(&shared.query_slots)
+            .acquire_many_owned(BLOCKING_QUERIES as u32)
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, status::health(State(shared)))
+            .await
+            .expect("health does not wait for a query permit");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
 
     #[test]
     fn routes_map_to_their_counter_cells() {

@@ -14,8 +14,15 @@
 //!   per page (a flush per frame caps throughput, `docs/performance.md` §3).
 //! - The read half is polled all the time, including while writing, so pings are answered
 //!   and closes noticed (tungstenite writes queued pongs only on the next read or write);
-//!   client data frames are ignored, as the spec says. The server also pings every
-//!   `ping_interval` while idle.
+//!   client data frames are ignored, as the spec says.
+//! - The server pings every `ping_interval` while streaming live, busy or idle, and a client
+//!   that leaves two pings unanswered (no pong by the time a third would go out) is closed:
+//!   a dead peer or a squatter that reads nothing useful would otherwise hold its slot until
+//!   TCP gives up, which can take hours. A pong to any ping counts (RFC 6455 §5.5.3 lets a
+//!   client answer only the latest).
+//! - Before the upgrade, a client (by address, or by `X-Forwarded-For` from a trusted proxy;
+//!   see `limits`) may hold at most `max_subscribers_per_ip` streams; more are refused with
+//!   429, so one host cannot take every slot of `max_subscribers`.
 //! - A consumer that lags the live feed by more than `subscriber_buffer` frames, or whose
 //!   write stalls for `write_timeout`, gets `ConsumerTooSlow` (best effort) and is closed;
 //!   nobody else is affected.
@@ -23,15 +30,17 @@
 //!   by a timeout, so a misbehaving client cannot hold the server open.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::Uri;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -42,6 +51,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::error::XrpcError;
+use super::limits;
+use super::listen::Peer;
 use super::live::{FRAME_GUESS, LiveFrame, PAGE, Page};
 use super::params;
 use crate::frame;
@@ -64,6 +75,9 @@ const READ_BUFFER: usize = 8 * 1024;
 /// How long the goodbye (error frame, close frame, close handshake) may take.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Pings a client may leave unanswered; at the next ping tick it is closed.
+const MISSED_PINGS: u8 = 2;
+
 /// `message` of the `FutureCursor` error frame, as Ozone words it.
 const FUTURE_CURSOR_MESSAGE: &str = "Cursor in the future.";
 
@@ -74,11 +88,16 @@ const CLOSE_INTERNAL: u16 = 1011;
 
 /// `GET /xrpc/com.atproto.label.subscribeLabels`.
 ///
-/// Everything that can be refused over HTTP (no upgrade, the subscriber cap, shutdown) is
-/// refused before upgrading, with an XRPC error body; parameter errors go out as error frames
-/// after the upgrade, as the event-stream spec prescribes.
+/// Everything that can be refused over HTTP (no upgrade, the per-client and total subscriber
+/// caps, shutdown) is refused before upgrading, with an XRPC error body; parameter errors go
+/// out as error frames after the upgrade, as the event-stream spec prescribes.
+///
+/// The per-client cap needs the TCP peer, which the accept loop attaches ([`Peer`]); a router
+/// served some other way has none and skips that cap.
 pub(crate) async fn subscribe_labels(
     State(shared): State<Arc<Shared>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, XrpcError> {
@@ -86,6 +105,10 @@ pub(crate) async fn subscribe_labels(
     if shared.stop.is_cancelled() {
         return Err(XrpcError::ShuttingDown);
     }
+    let client_slot = match peer {
+        Some(Extension(Peer(addr))) => Some(client_slot(&shared, addr, &headers)?),
+        None => None,
+    };
     let permit = Arc::clone(&shared.subscriber_slots)
         .try_acquire_owned()
         .map_err(|_| XrpcError::TooManySubscribers)?;
@@ -101,18 +124,38 @@ pub(crate) async fn subscribe_labels(
             // Held for the connection's life: the cap slot, and the tracker entry that run()
             // waits on at shutdown.
             let _permit = permit;
+            let _client_slot = client_slot;
             let _tracked = shared.tracker.token();
             let _gauge = GaugeGuard::new();
             let (sink, stream) = socket.split();
             let mut conn = Connection {
                 stop: shared.stop.clone(),
                 write_timeout: shared.options.write_timeout,
+                unanswered: 0,
                 sink,
                 stream,
             };
             let end = conn.stream_labels(&shared, rx, cursor).await;
             conn.goodbye(end).await;
         }))
+}
+
+/// One of the client's subscriber slots, or 429 when it holds them all.
+fn client_slot(
+    shared: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<limits::ClientSlot, XrpcError> {
+    let ip = limits::client_ip(peer.ip(), headers, &shared.options.trusted_proxies);
+    shared
+        .subscribers_per_client
+        .try_acquire(ip)
+        .ok_or_else(|| {
+            metrics::counter!(telemetry::SUBSCRIBERS_REFUSED, "reason" => "per_client")
+                .increment(1);
+            tracing::debug!(%ip, "subscriber refused: too many from this client");
+            XrpcError::TooManySubscribersFromClient(shared.options.max_subscribers_per_ip)
+        })
 }
 
 /// The `cursor` parameter: absent, or a non-negative integer; otherwise the error message.
@@ -137,6 +180,8 @@ enum End {
     Shutdown,
     /// The client lagged the live feed or a write stalled.
     TooSlow,
+    /// The client left [`MISSED_PINGS`] pings unanswered.
+    Unresponsive,
     /// A request error sent as an error frame (`FutureCursor`, `InvalidRequest`).
     Refused(&'static str, String),
     /// A failure on our side; logged.
@@ -163,6 +208,8 @@ impl Drop for GaugeGuard {
 struct Connection {
     stop: CancellationToken,
     write_timeout: Duration,
+    /// Pings sent since the client last answered one.
+    unanswered: u8,
     sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
 }
@@ -273,9 +320,18 @@ impl Connection {
                 biased;
                 () = self.stop.cancelled() => return Err(End::Shutdown),
                 msg = self.stream.next() => {
-                    if is_gone(msg) {
+                    if is_gone(&msg, &mut self.unanswered) {
                         return Err(End::PeerGone);
                     }
+                    continue;
+                }
+                // Before the feed: a stream that always has a frame ready must still ping.
+                _ = ping.tick() => {
+                    if self.unanswered >= MISSED_PINGS {
+                        return Err(End::Unresponsive);
+                    }
+                    self.write_message(Message::Ping(Bytes::new())).await?;
+                    self.unanswered += 1;
                     continue;
                 }
                 r = rx.recv() => match r {
@@ -283,10 +339,6 @@ impl Connection {
                     Err(RecvError::Lagged(_)) => return Err(End::TooSlow),
                     Err(RecvError::Closed) => return Err(End::Shutdown),
                 },
-                _ = ping.tick() => {
-                    self.write_message(Message::Ping(Bytes::new())).await?;
-                    continue;
-                }
             };
             batch.clear();
             batch.push(first);
@@ -303,8 +355,6 @@ impl Connection {
             }
             self.write_frames(batch.drain(..).filter(|f| f.seq > floor).map(|f| f.bytes))
                 .await?;
-            // Data flowed: the connection is not idle.
-            ping.reset();
         }
     }
 
@@ -316,6 +366,7 @@ impl Connection {
             stream,
             stop,
             write_timeout,
+            unanswered,
         } = self;
         let limit = *write_timeout;
         let write = async {
@@ -325,7 +376,7 @@ impl Connection {
             stall_limited(sink.flush(), limit).await??;
             Ok::<(), WriteError>(())
         };
-        match drive_on(stream, stop, write).await? {
+        match drive_on(stream, unanswered, stop, write).await? {
             Ok(()) => Ok(()),
             Err(WriteError::Stalled) => Err(End::TooSlow),
             Err(WriteError::Closed) => Err(End::PeerGone),
@@ -339,9 +390,10 @@ impl Connection {
             stream,
             stop,
             write_timeout,
+            unanswered,
         } = self;
         let send = stall_limited(sink.send(msg), *write_timeout);
-        match drive_on(stream, stop, send).await? {
+        match drive_on(stream, unanswered, stop, send).await? {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::PeerGone),
             Err(_) => Err(End::TooSlow),
@@ -350,7 +402,7 @@ impl Connection {
 
     /// Runs `fut` while answering the client and watching for shutdown.
     async fn drive<F: Future>(&mut self, fut: F) -> Result<F::Output, End> {
-        drive_on(&mut self.stream, &self.stop, fut).await
+        drive_on(&mut self.stream, &mut self.unanswered, &self.stop, fut).await
     }
 
     /// Says goodbye according to why the connection ends. Every step is bounded.
@@ -368,6 +420,11 @@ impl Connection {
                 let frame =
                     frame::error_frame(frame::CONSUMER_TOO_SLOW, Some("Stream consumer too slow"));
                 (Some(frame), (CLOSE_POLICY, frame::CONSUMER_TOO_SLOW))
+            }
+            End::Unresponsive => {
+                metrics::counter!(telemetry::SUBSCRIBERS_UNRESPONSIVE).increment(1);
+                tracing::info!("closing a subscribeLabels consumer that does not answer pings");
+                (None, (CLOSE_POLICY, "ping timeout"))
             }
             End::Refused(name, message) => (
                 Some(frame::error_frame(name, Some(&message))),
@@ -431,10 +488,11 @@ where
     }
 }
 
-/// Runs `fut` while polling the read half (answering pings, noticing a close) and watching
-/// `stop`. Client messages are ignored.
+/// Runs `fut` while polling the read half (answering pings, noting pongs, noticing a close)
+/// and watching `stop`. Client data messages are ignored.
 async fn drive_on<F: Future>(
     stream: &mut SplitStream<WebSocket>,
+    unanswered: &mut u8,
     stop: &CancellationToken,
     fut: F,
 ) -> Result<F::Output, End> {
@@ -445,7 +503,7 @@ async fn drive_on<F: Future>(
             () = stop.cancelled() => return Err(End::Shutdown),
             out = &mut fut => return Ok(out),
             msg = stream.next() => {
-                if is_gone(msg) {
+                if is_gone(&msg, unanswered) {
                     return Err(End::PeerGone);
                 }
             }
@@ -453,9 +511,17 @@ async fn drive_on<F: Future>(
     }
 }
 
-/// True when a read result means the client is gone (close, error or end of stream).
-fn is_gone(msg: Option<Result<Message, axum::Error>>) -> bool {
-    !matches!(msg, Some(Ok(m)) if !matches!(m, Message::Close(_)))
+/// True when a read result means the client is gone (close, error or end of stream). A pong
+/// clears `unanswered`.
+fn is_gone(msg: &Option<Result<Message, axum::Error>>, unanswered: &mut u8) -> bool {
+    match msg {
+        Some(Ok(Message::Pong(_))) => {
+            *unanswered = 0;
+            false
+        }
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => true,
+        Some(Ok(_)) => false,
+    }
 }
 
 #[cfg(test)]

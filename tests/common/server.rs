@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use atmos_labeler::health::Health;
 use atmos_labeler::keys::{PublicKey, SigningKey};
 use atmos_labeler::label::{Label, SignedLabel};
 use atmos_labeler::server::{Options, Server};
@@ -67,6 +68,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub store: Store,
     pub shutdown: CancellationToken,
+    /// The component state the server reports at `/xrpc/_health`.
+    pub health: Health,
     task: tokio::task::JoinHandle<Result<(), atmos_labeler::server::Error>>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -82,7 +85,13 @@ impl TestServer {
     /// process-wide recorder, which every test in this process adds to: assert on metrics
     /// only through [`TestServer::start_metered`].
     pub async fn start_with(options: Options, seed: impl FnOnce(&Store)) -> TestServer {
-        TestServer::start_metered(options, atmos_labeler::telemetry::metrics_handle(), seed).await
+        TestServer::start_full(
+            options,
+            atmos_labeler::telemetry::metrics_handle(),
+            Health::new(),
+            seed,
+        )
+        .await
     }
 
     /// Like [`TestServer::start_with`], with `/metrics` rendering `metrics` (the handle of a
@@ -92,10 +101,36 @@ impl TestServer {
         metrics: metrics_exporter_prometheus::PrometheusHandle,
         seed: impl FnOnce(&Store),
     ) -> TestServer {
+        TestServer::start_full(options, metrics, Health::new(), seed).await
+    }
+
+    /// Like [`TestServer::start_with`], reporting the component state in `health`.
+    pub async fn start_with_health(
+        options: Options,
+        health: Health,
+        seed: impl FnOnce(&Store),
+    ) -> TestServer {
+        TestServer::start_full(
+            options,
+            atmos_labeler::telemetry::metrics_handle(),
+            health,
+            seed,
+        )
+        .await
+    }
+
+    /// A server with `/metrics` rendering `metrics` and health reporting `health`, after
+    /// `seed`.
+    pub async fn start_full(
+        options: Options,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        health: Health,
+        seed: impl FnOnce(&Store),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("labels.db")).unwrap();
         seed(&store);
-        let server = Server::new(store.clone(), options, Some(metrics));
+        let server = Server::new(store.clone(), options, Some(metrics), health.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -104,6 +139,7 @@ impl TestServer {
             addr,
             store,
             shutdown,
+            health,
             task,
             http: reqwest::Client::new(),
             _dir: dir,
