@@ -150,8 +150,7 @@ fn serve(db: &Path) -> anyhow::Result<()> {
         let store = Store::open(db)?;
         let key = SigningKey::from_hex(KEY_HEX).context("key")?;
         let options = Options {
-            labeler_did: key.did_key().to_owned(),
-            label_key_multikey: key.multikey().to_owned(),
+            labeler_did: Some(key.did_key().to_owned()),
             // `backfill100` stands for 100 consumers on as many hosts; here they all come
             // from 127.0.0.1.
             max_subscribers_per_ip: 1000,

@@ -332,8 +332,8 @@ pub async fn start(
     let server = server::Server::new(
         store,
         server::Options {
-            labeler_did: did.clone(),
-            label_key_multikey: key.multikey().to_owned(),
+            labeler_did: config.labeler_did.clone(),
+            labeler_pds: config.labeler_pds.clone(),
             ..tuning.server
         },
         Some(telemetry::metrics_handle()),

@@ -23,11 +23,15 @@ async fn health_reports_the_version() {
 }
 
 #[tokio::test]
-async fn did_document_is_served_only_for_did_web() {
-    let s = TestServer::start(Options {
-        labeler_did: "did:web:labeler.example.com".into(),
-        ..options()
-    })
+async fn did_document_is_served_only_for_did_web_with_the_active_key_and_the_pds() {
+    let s = TestServer::start_with(
+        Options {
+            labeler_did: Some("did:web:labeler.example.com".into()),
+            labeler_pds: Some("https://pds.example.com".into()),
+            ..options()
+        },
+        |store| store.adopt_key(key().did_key()).unwrap(),
+    )
     .await;
     let (status, doc) = s.get_json("/.well-known/did.json").await;
     assert_eq!(status, 200);
@@ -46,10 +50,26 @@ async fn did_document_is_served_only_for_did_web() {
                 "id": "#atproto_labeler",
                 "type": "AtprotoLabeler",
                 "serviceEndpoint": "https://labeler.example.com",
+            }, {
+                "id": "#atproto_pds",
+                "type": "AtprotoPersonalDataServer",
+                "serviceEndpoint": "https://pds.example.com",
             }],
         })
     );
     assert!(key().multikey().starts_with("zQ3s"));
+
+    // Another process rotates the key: the document serves the new one at once.
+    let next = atmos_labeler::keys::SigningKey::generate().unwrap();
+    atmos_labeler::store::Store::open(&s.db_path())
+        .unwrap()
+        .rewrite_labels(key().did_key(), next.did_key(), |_| Vec::new())
+        .unwrap();
+    let (_, doc) = s.get_json("/.well-known/did.json").await;
+    assert_eq!(
+        doc["verificationMethod"][0]["publicKeyMultibase"],
+        next.multikey()
+    );
     s.stop().await;
 
     // A did:key (or did:plc) labeler publishes its document elsewhere.

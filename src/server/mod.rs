@@ -79,10 +79,12 @@ const MAX_POLL: Duration = Duration::from_millis(500);
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// `src` of our labels; `/.well-known/did.json` is served only when it is a did:web.
-    pub labeler_did: String,
-    /// The `#atproto_label` public key as a Multikey (`zQ3s…`), for the DID document.
-    pub label_key_multikey: String,
+    /// The configured `labelerDid`: the `src` of our labels, and a did:web's document is
+    /// served at `/.well-known/did.json`. `None`: the active signing key's did:key is the
+    /// `src` (it changes when the key is rotated).
+    pub labeler_did: Option<String>,
+    /// The labeler account's PDS, served as the did:web document's `#atproto_pds` service.
+    pub labeler_pds: Option<String>,
     /// Cap on concurrent subscribeLabels connections; more are refused with 503.
     pub max_subscribers: usize,
     /// Live frames a subscriber may fall behind by before it is closed as too slow. This is
@@ -125,8 +127,8 @@ impl Default for Options {
     /// 1 s by default, so Kubernetes users raise `timeoutSeconds`).
     fn default() -> Options {
         Options {
-            labeler_did: String::new(),
-            label_key_multikey: String::new(),
+            labeler_did: None,
+            labeler_pds: None,
             max_subscribers: 1000,
             subscriber_buffer: 8192,
             write_timeout: Duration::from_secs(10),
@@ -189,8 +191,6 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Subscriber connections, so shutdown can wait for their goodbyes.
     pub(crate) tracker: TaskTracker,
-    /// The did:web document, when the labeler is a did:web.
-    pub(crate) did_document: Option<String>,
     /// queryLabels latency, registered once (the hot path only records).
     pub(crate) query_latency: metrics::Histogram,
     /// Request counters by route and status, registered on first use.
@@ -211,6 +211,15 @@ pub(crate) enum ProbeError {
 }
 
 impl Shared {
+    /// The `src` of the labeler's labels: the configured `labelerDid`, or the did:key of the
+    /// active signing key (read from the database, so a rotation shows at once). Blocking.
+    pub(crate) fn src(&self, store: &Store) -> Result<Option<String>, store::Error> {
+        match &self.options.labeler_did {
+            Some(did) => Ok(Some(did.clone())),
+            None => store.active_key(),
+        }
+    }
+
     /// Runs `f` on the blocking pool, at most [`BLOCKING_QUERIES`] at a time.
     pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, XrpcError>
     where
@@ -274,7 +283,6 @@ impl Server {
         let mut options = options;
         options.poll_interval = options.poll_interval.clamp(MIN_POLL, MAX_POLL);
         let (live, _) = broadcast::channel(options.subscriber_buffer.max(1));
-        let did_document = status::did_document(&options.labeler_did, &options.label_key_multikey);
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let (open_connections, refused_total, refused_per_client) = listen::gauges();
         Server {
@@ -293,7 +301,6 @@ impl Server {
                 live,
                 stop: CancellationToken::new(),
                 tracker: TaskTracker::new(),
-                did_document,
                 query_latency: metrics::histogram!(telemetry::QUERY_LATENCY),
                 http_requests: HttpCounters::default(),
                 open_connections,

@@ -153,7 +153,7 @@ fn seconds(d: Duration) -> f64 {
 /// <https://atproto.com/specs/label> "Labeler Service Identity", <https://atproto.com/specs/did>: one `#atproto_label`
 /// Multikey verification method and one `#atproto_labeler` service at `https://<host>`, no
 /// path. The port, if any, is percent-encoded in the DID (`did:web:localhost%3A8080`).
-pub(crate) fn did_document(did: &str, multikey: &str) -> Option<String> {
+pub(crate) fn did_document(did: &str, multikey: &str, pds: Option<&str>) -> Option<String> {
     let host = did.strip_prefix("did:web:")?;
     if host.is_empty() || host.contains(':') || !crate::syntax::is_did(did) {
         return None;
@@ -177,15 +177,33 @@ pub(crate) fn did_document(did: &str, multikey: &str) -> Option<String> {
             "serviceEndpoint": format!("https://{host}"),
         }],
     });
+    // The labeler account's repo (its app.bsky.labeler.service record) lives on a PDS that
+    // clients find through `#atproto_pds` (https://atproto.com/specs/did).
+    let mut doc = doc;
+    if let (Some(pds), Some(services)) = (pds, doc["service"].as_array_mut()) {
+        services.push(json!({
+            "id": "#atproto_pds",
+            "type": "AtprotoPersonalDataServer",
+            "serviceEndpoint": pds,
+        }));
+    }
     Some(doc.to_string())
 }
 
-/// `GET /.well-known/did.json`.
+/// `GET /.well-known/did.json`: the did:web document with the active key, read from the
+/// database per request so a key rotation is served at once.
 pub(crate) async fn did_json(State(shared): State<Arc<Shared>>) -> Result<Response, XrpcError> {
-    match &shared.did_document {
-        Some(doc) => Ok(json_body(doc.clone())),
-        None => Err(XrpcError::NotFound),
-    }
+    let Some(did) = shared.options.labeler_did.clone() else {
+        return Err(XrpcError::NotFound);
+    };
+    let active = shared.blocking(|s| Ok(s.active_key()?)).await?;
+    let multikey = active
+        .as_deref()
+        .and_then(|k| k.strip_prefix(crate::keys::DID_KEY_PREFIX))
+        .ok_or(XrpcError::NotFound)?;
+    did_document(&did, multikey, shared.options.labeler_pds.as_deref())
+        .map(json_body)
+        .ok_or(XrpcError::NotFound)
 }
 
 /// `GET /metrics`: Prometheus text exposition, or 404 when metrics are off.
@@ -236,13 +254,17 @@ pub(crate) async fn get_verification(
             "did must be a DID; got {shown:?}"
         )));
     }
-    let labeler = shared.options.labeler_did.clone();
     let subject = did.clone();
+    let state = shared.clone();
     let (attestations, labels, refusals) = shared
         .blocking(move |s| {
+            let labels = match state.src(s)? {
+                Some(src) => s.current_labels(&src, &subject)?,
+                None => Vec::new(),
+            };
             Ok((
                 s.attestations_for(&subject)?,
-                s.current_labels(&labeler, &subject)?,
+                labels,
                 s.refusals_for(&subject)?,
             ))
         })
@@ -329,7 +351,7 @@ mod tests {
     #[test]
     fn serves_did_documents_only_for_bare_did_web_hosts() {
         let doc: Value =
-            serde_json::from_str(&did_document("did:web:localhost%3A8080", "zQ3sX").unwrap())
+            serde_json::from_str(&did_document("did:web:localhost%3A8080", "zQ3sX", None).unwrap())
                 .unwrap();
         assert_eq!(
             doc["service"][0]["serviceEndpoint"],
@@ -339,9 +361,9 @@ mod tests {
             doc["verificationMethod"][0]["id"],
             "did:web:localhost%3A8080#atproto_label"
         );
-        assert!(did_document("did:plc:ewvi7nxzyoun6zhxrhs64oiz", "zQ3sX").is_none());
-        assert!(did_document("did:web:example.com:user:alice", "zQ3sX").is_none());
-        assert!(did_document("", "zQ3sX").is_none());
+        assert!(did_document("did:plc:ewvi7nxzyoun6zhxrhs64oiz", "zQ3sX", None).is_none());
+        assert!(did_document("did:web:example.com:user:alice", "zQ3sX", None).is_none());
+        assert!(did_document("", "zQ3sX", None).is_none());
     }
 
     #[test]

@@ -41,8 +41,7 @@ pub fn key() -> SigningKey {
 pub fn options() -> Options {
     let key = key();
     Options {
-        labeler_did: key.did_key().to_owned(),
-        label_key_multikey: key.multikey().to_owned(),
+        labeler_did: Some(key.did_key().to_owned()),
         poll_interval: Duration::from_millis(20),
         ..Options::default()
     }
