@@ -244,7 +244,7 @@ pub async fn start(
     let signer = Arc::new(Signer::new(
         &config.signing_key_path,
         config.labeler_did.clone(),
-        key.clone(),
+        key,
     ));
     let did = signer.current().src.clone();
     // A new labeler DID (labelerDid set or changed): move the labels to it before serving.
