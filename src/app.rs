@@ -20,7 +20,7 @@ use crate::health::Health;
 use crate::keys::{self, Signer, SigningKey};
 use crate::manager::{self, Manager};
 use crate::store::Store;
-use crate::{dns, identity, jetstream, lifecycle, scheduler, server, telemetry, verify};
+use crate::{dns, follow, identity, jetstream, lifecycle, scheduler, server, telemetry, verify};
 
 /// How long components get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -77,6 +77,15 @@ pub enum Error {
     /// The server stopped with an error.
     #[error(transparent)]
     Server(#[from] server::Error),
+    /// A mirror's follower cannot be set up.
+    #[error(transparent)]
+    Follow(#[from] follow::Error),
+    /// The labeler was pointed at a mirror's database.
+    #[error(
+        "{0} is a mirror's database (it holds an upstream's labels); run `labeler mirror` on \
+         it, or give this labeler its own stateDir"
+    )]
+    MirrorDatabase(PathBuf),
     /// A component panicked.
     #[error("a component failed: {0}")]
     Panic(String),
@@ -238,6 +247,9 @@ pub async fn start(
         return Err(Error::NoState(config.state_dir.clone()));
     }
     let store = Store::open(&config.db_path())?;
+    if store.mirror_cursor()?.is_some() {
+        return Err(Error::MirrorDatabase(config.db_path()));
+    }
     let active = store.active_key()?;
     let key = SigningKey::load_active(&config.signing_key_path, active.as_deref())?;
     store.adopt_key(key.did_key())?;
@@ -366,6 +378,119 @@ pub async fn start(
         health,
         tasks,
     })
+}
+
+/// Internal settings of a mirror (tests shorten them).
+#[derive(Clone, Debug)]
+pub struct MirrorTuning {
+    /// What to follow and how (the upstream URL and DID come from the command line).
+    pub follow: follow::Options,
+    /// Server limits.
+    pub server: server::Options,
+}
+
+impl MirrorTuning {
+    /// Production settings for a mirror of `did` following `upstream`, with the config's
+    /// limits.
+    pub fn new(config: &Config, upstream: String, did: String) -> MirrorTuning {
+        MirrorTuning {
+            follow: follow::Options::new(upstream, did),
+            server: Tuning::new(config).server,
+        }
+    }
+}
+
+/// Starts a mirror on `listener`: the XRPC server over its own database and the follower
+/// that fills it from the upstream (`labeler mirror`). It never loads a signing key, never
+/// follows Jetstream and never checks a domain; of the config it uses `listenAddr` (through
+/// `listener`), `stateDir` (created if missing), logging, the server limits, and `plcURL`,
+/// `dnsServers`, `dnsTimeout` and `allowPrivateAddresses` to resolve the upstream DID.
+pub async fn start_mirror(
+    config: &Config,
+    tuning: MirrorTuning,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, Error> {
+    let state = &config.state_dir;
+    keys::create_private_dir(state).map_err(|source| Error::Create {
+        path: state.clone(),
+        source,
+    })?;
+    let store = Store::open(&config.db_path())?;
+    // A primary's database signs its own labels under its own seqs: mixing would corrupt both.
+    if let Some(key) = store.active_key()? {
+        return Err(crate::store::Error::NotAMirror { key }.into());
+    }
+    let cursor = store.mirror_cursor()?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen_addr,
+        source,
+    })?;
+    let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
+    let identity = identity::Resolver::new(
+        identity::Options {
+            plc_url: config.plc_url.clone(),
+            allow_private_addresses: config.allow_private_addresses,
+            timeout: HTTP_TIMEOUT,
+        },
+        dns,
+    )?;
+    let health = Health::new();
+    let did = tuning.follow.did.clone();
+    let upstream = tuning.follow.upstream.clone();
+    let follower = follow::Follower::new(
+        tuning.follow,
+        store.clone(),
+        identity,
+        cursor,
+        health.clone(),
+    )?;
+    let server = server::Server::new(
+        store,
+        server::Options {
+            labeler_did: Some(did.clone()),
+            labeler_pds: None,
+            mirror: true,
+            ..tuning.server
+        },
+        Some(telemetry::metrics_handle()),
+        health.clone(),
+    );
+    let mut tasks = JoinSet::new();
+    let token = shutdown.clone();
+    tasks.spawn(async move { server.run(listener, token).await.map_err(Error::from) });
+    let token = shutdown.clone();
+    tasks.spawn(async move { follower.run(token).await.map_err(Error::from) });
+    tracing::info!(%addr, %upstream, did = %did, cursor, "mirror started");
+    Ok(Running {
+        addr,
+        did,
+        shutdown,
+        health,
+        tasks,
+    })
+}
+
+/// Binds the configured address and runs a mirror until SIGINT/SIGTERM.
+pub async fn run_mirror(config: Config, upstream: String, did: String) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen_addr,
+            source,
+        })?;
+    let shutdown = CancellationToken::new();
+    let tuning = MirrorTuning::new(&config, upstream, did);
+    let running = start_mirror(&config, tuning, listener, shutdown.clone()).await?;
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signal.cancel();
+    });
+    let result = running.wait().await;
+    tracing::info!("mirror stopped");
+    result
 }
 
 /// Binds the configured address and runs the daemon until SIGINT/SIGTERM.

@@ -92,6 +92,20 @@ pub enum Command {
     },
     /// Print the app.bsky.labeler.service record to publish in the labeler's repo.
     ServiceRecord,
+    /// Mirror another labeler: follow its subscribeLabels stream, verify every label's
+    /// signature, and serve the same queryLabels / subscribeLabels (same seqs, so cursors
+    /// carry over). Uses listenAddr, stateDir, logging and limits from the config; never
+    /// loads a signing key, follows Jetstream or checks a domain.
+    Mirror {
+        /// The upstream's base URL: the primary or another mirror (https://…, or http:// on
+        /// a private network).
+        #[arg(long, value_name = "URL")]
+        upstream: String,
+        /// The labeler's DID: the `src` of its labels, whose #atproto_label key must sign
+        /// them (did:key, did:plc or did:web).
+        #[arg(long, value_name = "DID")]
+        did: String,
+    },
     /// Exit 0 when the daemon answers /xrpc/_health (for Docker HEALTHCHECK).
     Healthcheck {
         /// Base URL of the daemon. Default: HTTP to 127.0.0.1 on the port of listenAddr.
@@ -247,6 +261,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             plc_url,
         ),
         Command::Label { action } => label_cmd(&config_path, action),
+        Command::Mirror { upstream, did } => {
+            let mut config = if explicit || config_path.exists() {
+                Config::load(&config_path)?
+            } else {
+                Config::default()
+            };
+            config.apply_env()?;
+            telemetry::init_logging(config.log_format);
+            runtime()?.block_on(app::run_mirror(config, upstream, did))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Breaker {
             action: BreakerAction::Release,
         } => {
@@ -585,6 +610,13 @@ mod tests {
             })
         ));
         assert!(p(&["labeler", "service-record"]).is_ok());
+        assert!(matches!(
+            p(&["labeler", "-config", "m.json", "mirror", "--upstream", "https://l.example", "--did", "did:plc:x"])
+                .unwrap(),
+            Cli { config: Some(_), command: Some(Command::Mirror { ref upstream, ref did }), .. }
+                if upstream == "https://l.example" && did == "did:plc:x"
+        ));
+        assert!(p(&["labeler", "mirror", "--upstream", "https://l.example"]).is_err());
         assert!(p(&["labeler", "healthcheck"]).is_ok());
     }
 }

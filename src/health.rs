@@ -21,6 +21,48 @@ pub struct State {
     pub live_feed: LiveFeed,
     /// The guard against the labeler's own faults (absent in modes that sign nothing).
     pub guard: Option<Guard>,
+    /// The upstream a mirror follows (absent on a primary).
+    pub upstream: Option<Upstream>,
+}
+
+/// A mirror's subscription to its upstream's label stream (see `crate::follow`).
+#[derive(Clone, Debug, Default)]
+pub struct Upstream {
+    /// The upstream's base URL.
+    pub url: String,
+    /// Whether a subscription is open now.
+    pub connected: bool,
+    /// When the current subscription opened, or the last one closed.
+    pub since: Option<SystemTime>,
+    /// When the last frame (of any kind) arrived.
+    pub last_frame: Option<Instant>,
+    /// The upstream seq up to which every label was stored or refused.
+    pub cursor: Option<i64>,
+    /// The highest upstream seq received (committed or not yet).
+    pub received: Option<i64>,
+    /// Whether the mirror holds everything the upstream has sent: connected, nothing left
+    /// unread on the socket and nothing received left uncommitted.
+    pub in_sync: bool,
+    /// When the mirror last stopped being in sync (it started behind), for the lag.
+    pub behind_since: Option<Instant>,
+    /// Labels refused (bad signature, foreign `src`, undecodable) since the mirror started.
+    pub refused: u64,
+    /// Why the last subscription ended or could not be made.
+    pub last_error: Option<String>,
+    /// Set when following stopped for good (the upstream lost history: `FutureCursor`); the
+    /// mirror keeps serving what it holds.
+    pub stopped: Option<String>,
+}
+
+impl Upstream {
+    /// How far behind the upstream the mirror may be: zero while in sync, else the time since
+    /// it last was (a disconnected mirror does not know what it misses).
+    pub fn lag(&self, now: Instant) -> Option<std::time::Duration> {
+        if self.in_sync && self.connected {
+            return Some(std::time::Duration::ZERO);
+        }
+        self.behind_since.map(|t| now.saturating_duration_since(t))
+    }
 }
 
 /// The Jetstream consumer's connection.

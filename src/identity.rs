@@ -56,6 +56,9 @@ const PDS_SERVICE_ID: &str = "#atproto_pds";
 const PDS_SERVICE_TYPE: &str = "AtprotoPersonalDataServer";
 /// Verification method id of the repository signing key.
 const SIGNING_KEY_ID: &str = "#atproto";
+/// Verification method id of a labeler's label-signing key (<https://atproto.com/specs/label>
+/// "Labeler Service Identity").
+const LABEL_KEY_ID: &str = "#atproto_label";
 
 /// How to reach identities.
 #[derive(Clone, Debug)]
@@ -80,6 +83,9 @@ pub struct DidDocument {
     pub pds: Option<String>,
     /// `publicKeyMultibase` of the `#atproto` verification method, if any.
     pub signing_key: Option<String>,
+    /// `publicKeyMultibase` of the `#atproto_label` verification method, if any: the key a
+    /// labeler's labels must verify against (never `#atproto` in its place).
+    pub label_key: Option<String>,
 }
 
 impl DidDocument {
@@ -140,18 +146,20 @@ impl DidDocument {
             .and_then(|s| s.get("serviceEndpoint"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let signing_key = v
-            .get("verificationMethod")
-            .and_then(Value::as_array)
-            .and_then(|methods| methods.iter().find(|m| is_ref(m.get("id"), SIGNING_KEY_ID)))
-            .and_then(|m| m.get("publicKeyMultibase"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let method_key = |fragment: &str| {
+            v.get("verificationMethod")
+                .and_then(Value::as_array)
+                .and_then(|methods| methods.iter().find(|m| is_ref(m.get("id"), fragment)))
+                .and_then(|m| m.get("publicKeyMultibase"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         Ok(DidDocument {
             id: id.to_owned(),
             also_known_as,
             pds,
-            signing_key,
+            signing_key: method_key(SIGNING_KEY_ID),
+            label_key: method_key(LABEL_KEY_ID),
         })
     }
 }
@@ -861,7 +869,30 @@ mod tests {
         .unwrap();
         assert_eq!(doc.pds.as_deref(), Some("https://pds.test"));
         assert_eq!(doc.signing_key.as_deref(), Some("zQ3sh"));
+        assert_eq!(doc.label_key, None, "#atproto is not a label key");
         assert_eq!(doc.handle().as_deref(), Some("alice.example.com"));
+    }
+
+    #[test]
+    fn parses_the_label_key_by_relative_or_absolute_id() {
+        for id in ["#atproto_label".to_owned(), format!("{DID}#atproto_label")] {
+            let doc = parse(&json!({
+                "id": DID,
+                "verificationMethod": [
+                    {"id": "#atproto", "type": "Multikey", "publicKeyMultibase": "zRepo"},
+                    {"id": id, "type": "Multikey", "publicKeyMultibase": "zLabel"},
+                ],
+            }))
+            .unwrap();
+            assert_eq!(doc.label_key.as_deref(), Some("zLabel"));
+            assert_eq!(doc.signing_key.as_deref(), Some("zRepo"));
+        }
+        let foreign = parse(&json!({
+            "id": DID,
+            "verificationMethod": [{"id": "did:plc:other#atproto_label", "publicKeyMultibase": "zX"}],
+        }))
+        .unwrap();
+        assert_eq!(foreign.label_key, None, "another DID's key is not ours");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod cbor;
 pub mod cli;
 pub mod config;
 pub mod dns;
+pub mod follow;
 pub mod frame;
 pub mod health;
 pub mod identity;

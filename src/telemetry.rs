@@ -58,6 +58,23 @@ pub const SUBSCRIBERS_REFUSED: &str = "labeler_server_subscribers_refused_total"
 pub const SUBSCRIBERS_UNRESPONSIVE: &str = "labeler_server_subscribers_unresponsive_total";
 /// Times the live label feed died and was restarted.
 pub const LIVE_FEED_RESTARTS: &str = "labeler_server_live_feed_restarts_total";
+/// Labels a mirror verified and stored.
+pub const MIRROR_STORED: &str = "labeler_mirror_labels_stored_total";
+/// Labels a mirror refused, by `reason` (`signature`, `src`, `malformed`, `shared-seq`).
+pub const MIRROR_REFUSED: &str = "labeler_mirror_labels_refused_total";
+/// A mirror's subscriptions to its upstream, by `outcome` (connected, failed).
+pub const MIRROR_CONNECTS: &str = "labeler_mirror_connects_total";
+/// Fetches of the upstream DID's key, by `outcome` (same, changed, failed).
+pub const MIRROR_KEY_FETCHES: &str = "labeler_mirror_key_fetches_total";
+/// 1 while a mirror's subscription to its upstream is open, else 0 (set at scrape time).
+pub const MIRROR_CONNECTED: &str = "labeler_mirror_connected";
+/// The upstream seq a mirror has dealt with (set at scrape time).
+pub const MIRROR_CURSOR: &str = "labeler_mirror_cursor";
+/// Seconds since a mirror last held everything its upstream sent; 0 while in sync (set at
+/// scrape time).
+pub const MIRROR_LAG: &str = "labeler_mirror_lag_seconds";
+/// 1 once a mirror stopped following for good (`FutureCursor`), else 0.
+pub const MIRROR_STOPPED: &str = "labeler_mirror_stopped";
 
 /// An error with its whole `source()` chain on one line, `outer: cause: root cause`, for logs
 /// and reasons. Display strings never repeat their source (the chain is printed once, here or

@@ -24,6 +24,10 @@ pub(crate) enum XrpcError {
     /// A path under `/xrpc/` that names no method we serve (501).
     #[error("Method Not Implemented")]
     MethodNotImplemented,
+    /// A method a mirror does not serve (501): it holds the labels of the labeler named,
+    /// nothing else.
+    #[error("This server mirrors the labels of {0}; ask that labeler for this method")]
+    NotOnMirror(String),
     /// A path outside `/xrpc/` that we do not serve (404).
     #[error("Not Found")]
     NotFound,
@@ -57,7 +61,7 @@ impl XrpcError {
             XrpcError::InvalidRequest(_) | XrpcError::WrongMethod(_) => {
                 (StatusCode::BAD_REQUEST, "InvalidRequest")
             }
-            XrpcError::MethodNotImplemented => {
+            XrpcError::MethodNotImplemented | XrpcError::NotOnMirror(_) => {
                 (StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented")
             }
             XrpcError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),

@@ -115,6 +115,9 @@ pub struct Options {
     pub header_read_timeout: Duration,
     /// How long `/xrpc/_health` waits for the database before reporting it unavailable.
     pub health_timeout: Duration,
+    /// A mirror (`labeler mirror`): it serves the labels of `labeler_did` and nothing of the
+    /// labeler's own state, so `getVerification` answers 501 naming that labeler.
+    pub mirror: bool,
 }
 
 impl Default for Options {
@@ -140,6 +143,7 @@ impl Default for Options {
             trusted_proxies: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             health_timeout: Duration::from_secs(2),
+            mirror: false,
         }
     }
 }

@@ -119,6 +119,34 @@ pub(crate) fn report(
         );
     }
 
+    if let Some(u) = &state.upstream {
+        let status = if u.stopped.is_some() {
+            "stopped"
+        } else if !u.connected {
+            "disconnected"
+        } else if !u.in_sync {
+            "catching-up"
+        } else {
+            "ok"
+        };
+        degraded |= status != "ok";
+        components.insert(
+            "upstream".to_owned(),
+            json!({
+                "status": status,
+                "url": u.url,
+                "connected": u.connected,
+                "since": u.since.map(format_datetime),
+                "lastFrameSecondsAgo": u.last_frame.map(|t| seconds(now_mono.saturating_duration_since(t))),
+                "cursor": u.cursor,
+                "lagSeconds": u.lag(now_mono).map(seconds),
+                "refused": u.refused,
+                "lastError": u.last_error,
+                "stopped": u.stopped,
+            }),
+        );
+    }
+
     let version = env!("CARGO_PKG_VERSION");
     if probe.is_err() {
         let body = json!({
@@ -223,6 +251,16 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Respons
             metrics::gauge!(telemetry::JETSTREAM_LAG).set(lag_seconds(cursor, SystemTime::now()));
         }
     }
+    if let Some(u) = &state.upstream {
+        metrics::gauge!(telemetry::MIRROR_CONNECTED).set(if u.connected { 1.0 } else { 0.0 });
+        metrics::gauge!(telemetry::MIRROR_STOPPED).set(if u.stopped.is_some() { 1.0 } else { 0.0 });
+        if let Some(c) = u.cursor {
+            metrics::gauge!(telemetry::MIRROR_CURSOR).set(c as f64);
+        }
+        if let Some(lag) = u.lag(Instant::now()) {
+            metrics::gauge!(telemetry::MIRROR_LAG).set(lag.as_secs_f64());
+        }
+    }
     let mut response = handle.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -238,6 +276,10 @@ pub(crate) async fn get_verification(
     State(shared): State<Arc<Shared>>,
     uri: Uri,
 ) -> Result<Response, XrpcError> {
+    if shared.options.mirror {
+        let upstream = shared.options.labeler_did.clone().unwrap_or_default();
+        return Err(XrpcError::NotOnMirror(upstream));
+    }
     let mut did = None;
     for pair in params::pairs(uri.query().unwrap_or("")) {
         let (key, value) = pair?;

@@ -102,13 +102,24 @@ fn owned_row(r: &Row<'_>) -> Result<StoredLabel, Error> {
 /// Writes one label inside `tx`: replaces the current row for its (src, uri, cid, val) with a
 /// new seq and appends it to the history. Returns the new seq.
 pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Error> {
+    put_label_at(tx, None, l)
+}
+
+/// [`put_label`] with the seq given (a mirror keeps its upstream's seqs) or, with `None`,
+/// assigned by `AUTOINCREMENT`. A given seq must be above every seq in the table.
+pub(super) fn put_label_at(
+    tx: &Transaction<'_>,
+    seq: Option<i64>,
+    l: &SignedLabel,
+) -> Result<i64, Error> {
     let x = &l.label;
     let cid = x.cid.as_deref().unwrap_or("");
     tx.prepare_cached("DELETE FROM labels WHERE src = ?1 AND uri = ?2 AND cid = ?3 AND val = ?4")?
         .execute(params![x.src, x.uri, cid, x.val])?;
     tx.prepare_cached(
-        "INSERT INTO labels (src, uri, cid, val, neg, cts, exp, sig, exp_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CAST(unixepoch(?7, 'subsec') * 1000 AS INTEGER))",
+        "INSERT INTO labels (seq, src, uri, cid, val, neg, cts, exp, sig, exp_ms)
+         VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                 CAST(unixepoch(?7, 'subsec') * 1000 AS INTEGER))",
     )?
     .execute(params![
         x.src,
@@ -118,7 +129,8 @@ pub(super) fn put_label(tx: &Transaction<'_>, l: &SignedLabel) -> Result<i64, Er
         x.neg,
         x.cts,
         x.exp,
-        &l.sig[..]
+        &l.sig[..],
+        seq
     ])?;
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(

@@ -17,6 +17,7 @@
 
 mod attestations;
 mod labels;
+mod mirror;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -73,6 +74,21 @@ pub enum Error {
     /// A blocking task panicked or was cancelled.
     #[error("database task failed: {0}")]
     Task(String),
+    /// A mirrored label (or cursor) does not come after what the mirror already holds:
+    /// nothing was written.
+    #[error("mirrored seq {seq} does not come after seq {after}")]
+    OutOfOrder {
+        /// The seq (or cursor) that was refused.
+        seq: i64,
+        /// The last seq already accepted.
+        after: i64,
+    },
+    /// The database records a signing key: it belongs to a primary labeler, not a mirror.
+    #[error("this database belongs to a labeler that signs with {key}, not to a mirror")]
+    NotAMirror {
+        /// The did:key it records.
+        key: String,
+    },
     /// Another process rotated the signing key: nothing was written; reload the key and
     /// sign again.
     #[error("the signing key was rotated (the active key is now {active}); reload it")]
