@@ -15,6 +15,7 @@ mod identity;
 mod jetstream;
 mod lexicons;
 mod limits;
+mod mirror;
 mod operator;
 mod pipeline;
 mod query_labels;

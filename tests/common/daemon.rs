@@ -139,6 +139,20 @@ impl TestLabeler {
         tweak: impl FnOnce(&mut Config),
         tune: impl FnOnce(&mut Tuning),
     ) -> TestLabeler {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TestLabeler::start_on(world, dir, reverify, listener, tweak, tune).await
+    }
+
+    /// Like [`TestLabeler::start_tuned`], serving on `listener` (bound by the caller: to know
+    /// the port before the config is written, or to come back on the same port).
+    pub async fn start_on(
+        world: &World,
+        dir: &Path,
+        reverify: &str,
+        listener: TcpListener,
+        tweak: impl FnOnce(&mut Config),
+        tune: impl FnOnce(&mut Tuning),
+    ) -> TestLabeler {
         let mut config = config(world, dir, reverify);
         tweak(&mut config);
         let mut tuned = tuning(&config);
@@ -150,7 +164,6 @@ impl TestLabeler {
             std::fs::write(&config.signing_key_path, hex).unwrap();
         }
         let connections_before = world.jetstream.connections();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = app::start(&config, tuned, listener, CancellationToken::new())
             .await
             .unwrap();

@@ -70,6 +70,7 @@ where
 pub mod daemon;
 pub mod dns;
 pub mod metrics;
+pub mod mirror;
 pub mod net;
 pub mod plc;
 pub mod process;
