@@ -223,15 +223,23 @@ impl Proc {
     }
 }
 
-/// `GET url` → body (status 200 required), with a 5 s timeout.
+/// `GET url` → body (status 200 required), with a 5 s timeout. One client for the whole
+/// run: building one loads the TLS roots, which costs more than the request.
 fn get_text(url: &str) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    static HTTP: std::sync::OnceLock<(tokio::runtime::Runtime, reqwest::Client)> =
+        std::sync::OnceLock::new();
+    let (rt, client) = HTTP.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
-            .build()?;
+            .build()
+            .unwrap();
+        (rt, client)
+    });
+    rt.block_on(async {
         let resp = client.get(url).send().await?;
         if resp.status() != 200 {
             bail!("GET {url}: HTTP {}", resp.status());

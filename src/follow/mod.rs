@@ -228,6 +228,10 @@ impl Follower {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            // The saved cursor is the truth: what this process holds could only lag it.
+            if let Ok(saved) = self.processor.store.call(|s| s.mirror_cursor()).await {
+                self.processor.cursor = saved;
+            }
             let cursor = self.processor.cursor.unwrap_or(0);
             let url = self.url(cursor);
             let started = Instant::now();
@@ -581,115 +585,212 @@ impl Processor {
 
     /// Handles batches until the reader is done (then `Ok`) or something on our side fails,
     /// which stops the session (`stop` is cancelled so the reader ends too).
+    ///
+    /// Two stages in a pipeline: one checks a batch's signatures (on every core) while the
+    /// other commits the batch before it, so SQLite's writes do not leave a core idle.
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Batch>,
+        rx: mpsc::Receiver<Batch>,
         stop: &CancellationToken,
     ) -> Result<(), End> {
-        loop {
-            let batch = tokio::select! {
-                biased;
-                () = stop.cancelled() => return Err(End::Shutdown),
-                b = rx.recv() => match b {
-                    Some(b) => b,
-                    None => return Ok(()),
-                },
-            };
-            let done = match batch {
-                Batch::Quiet => {
-                    self.report(|u| {
-                        if u.connected && u.received == u.cursor {
-                            u.in_sync = true;
-                        }
-                    });
-                    Ok(())
-                }
-                Batch::Items(items) => {
-                    let apply = self.apply(items);
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => Err(End::Shutdown),
-                        r = apply => r,
-                    }
-                }
-            };
-            if let Err(end) = done {
-                stop.cancel();
-                return Err(end);
-            }
+        let (tx, checked) = mpsc::channel(1);
+        let Processor {
+            store,
+            key,
+            cursor,
+            health,
+        } = self;
+        let checking = check_batches(key, cursor.unwrap_or(0), rx, tx, stop);
+        let committing = commit_batches(store, cursor, health, checked, stop);
+        let (checked, committed) = tokio::join!(checking, committing);
+        match (checked, committed) {
+            (_, Err(e)) if !matches!(e, End::Shutdown) => Err(e),
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
         }
     }
+}
 
-    /// Verifies one batch and commits it with the cursor.
-    async fn apply(&mut self, items: Vec<Item>) -> Result<(), End> {
-        // A frame at or below the cursor was dealt with already (the upstream resent it).
-        let mut last = self.cursor.unwrap_or(0);
-        let mut fresh = Vec::with_capacity(items.len());
-        for item in items {
-            if item.seq <= last {
-                tracing::warn!(
-                    seq = item.seq,
-                    after = last,
-                    "ignoring a frame that does not come after the cursor"
-                );
-                continue;
+/// A batch checked and ready to commit.
+#[derive(Debug)]
+enum Checked {
+    Batch {
+        /// The seq of its last frame: the cursor once it is committed.
+        last: i64,
+        /// The labels that passed.
+        stored: Vec<StoredLabel>,
+        /// How many were refused.
+        refused: u64,
+    },
+    /// The upstream was quiet after the batches before this.
+    Quiet,
+}
+
+/// The checking stage: verifies each batch and hands it on, in order.
+async fn check_batches(
+    key: &mut UpstreamKey,
+    mut last: i64,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Checked>,
+    stop: &CancellationToken,
+) -> Result<(), End> {
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Err(End::Shutdown),
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+        };
+        let checked = match batch {
+            Batch::Quiet => Checked::Quiet,
+            Batch::Items(items) => {
+                let checking = check(key, &mut last, items);
+                let checked = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Err(End::Shutdown),
+                    c = checking => c,
+                };
+                match checked {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(end) => {
+                        stop.cancel();
+                        return Err(end);
+                    }
+                }
             }
-            last = item.seq;
-            fresh.push(item);
-        }
-        if fresh.is_empty() {
+        };
+        // A closed channel means the committing stage failed; its error is the one to report.
+        if tx.send(checked).await.is_err() {
             return Ok(());
         }
-        let failed = |e: &(dyn std::error::Error + 'static)| End::Failed(Chain(e).to_string());
-        let key = self.key.current().await.map_err(|e| failed(&e))?;
-        let did = self.key.did().to_owned();
-        let (mut fresh, mut verdicts) = verify(fresh, did.clone(), key).await?;
-        if verdicts.contains(&Some(Refusal::Signature)) {
-            // Perhaps the upstream rotated its key: re-resolve once and check those again.
-            // A failed re-resolution ends the session and the batch is received again later:
-            // labels are refused for what they are, never because a DID document was away.
-            if let Some(new) = self.key.refresh().await.map_err(|e| failed(&e))? {
-                (fresh, verdicts) = verify_again(fresh, verdicts, did.clone(), new).await?;
+    }
+}
+
+/// Verifies one batch: the labels that pass, the refusals logged and counted. `None` when
+/// every frame was at or below the cursor.
+async fn check(
+    key: &mut UpstreamKey,
+    last: &mut i64,
+    items: Vec<Item>,
+) -> Result<Option<Checked>, End> {
+    // A frame at or below the cursor was dealt with already (the upstream resent it).
+    let mut fresh = Vec::with_capacity(items.len());
+    for item in items {
+        if item.seq <= *last {
+            tracing::warn!(
+                seq = item.seq,
+                after = *last,
+                "ignoring a frame that does not come after the cursor"
+            );
+            continue;
+        }
+        *last = item.seq;
+        fresh.push(item);
+    }
+    if fresh.is_empty() {
+        return Ok(None);
+    }
+    let failed = |e: &(dyn std::error::Error + 'static)| End::Failed(Chain(e).to_string());
+    let current = key.current().await.map_err(|e| failed(&e))?;
+    let did = key.did().to_owned();
+    let (mut fresh, mut verdicts) = verify(fresh, did.clone(), current).await?;
+    if verdicts.contains(&Some(Refusal::Signature)) {
+        // Perhaps the upstream rotated its key: re-resolve once and check those again. A
+        // failed re-resolution ends the session and the batch is received again later:
+        // labels are refused for what they are, never because a DID document was away.
+        if let Some(new) = key.refresh().await.map_err(|e| failed(&e))? {
+            (fresh, verdicts) = verify_again(fresh, verdicts, did.clone(), new).await?;
+        }
+    }
+    let mut stored = Vec::with_capacity(fresh.len());
+    let mut refused = 0u64;
+    for (item, verdict) in fresh.into_iter().zip(verdicts) {
+        let seq = item.seq;
+        let why = match (item.content, verdict) {
+            (Content::Label(signed), None) => {
+                stored.push(StoredLabel { seq, signed });
+                continue;
+            }
+            (Content::Label(l), Some(r)) => {
+                let detail = match r {
+                    Refusal::Src => format!("src {} is not {did}", l.label.src),
+                    _ => format!("the signature does not verify against the key of {did}"),
+                };
+                tracing::warn!(seq, reason = r.as_str(), uri = %l.label.uri, val = %l.label.val, %detail, "refused a label from the upstream");
+                r
+            }
+            (Content::Refused(r, detail), _) => {
+                tracing::warn!(seq, reason = r.as_str(), %detail, "refused a label from the upstream");
+                r
+            }
+            (Content::Empty, _) => continue,
+        };
+        metrics::counter!(telemetry::MIRROR_REFUSED, "reason" => why.as_str()).increment(1);
+        refused += 1;
+    }
+    Ok(Some(Checked::Batch {
+        last: *last,
+        stored,
+        refused,
+    }))
+}
+
+/// The committing stage: writes each checked batch with its cursor, in order.
+///
+/// A write is never abandoned half-way (not even at shutdown): a transaction that commits
+/// after its caller stopped waiting would move the saved cursor past the one this process
+/// holds.
+async fn commit_batches(
+    store: &Store,
+    cursor: &mut Option<i64>,
+    health: &Health,
+    mut rx: mpsc::Receiver<Checked>,
+    stop: &CancellationToken,
+) -> Result<(), End> {
+    let report = |f: &dyn Fn(&mut health::Upstream)| {
+        health.update(|s| {
+            if let Some(u) = s.upstream.as_mut() {
+                f(u);
+            }
+        });
+    };
+    loop {
+        let checked = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Err(End::Shutdown),
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return Ok(()),
+            },
+        };
+        match checked {
+            Checked::Quiet => report(&|u| {
+                if u.connected && u.received == u.cursor {
+                    u.in_sync = true;
+                }
+            }),
+            Checked::Batch {
+                last,
+                stored,
+                refused,
+            } => {
+                let n = stored.len() as u64;
+                let written = store.call(move |s| s.write_mirrored(&stored, last)).await;
+                if let Err(e) = written {
+                    stop.cancel();
+                    return Err(End::Failed(Chain(&e).to_string()));
+                }
+                metrics::counter!(telemetry::MIRROR_STORED).increment(n);
+                *cursor = Some(last);
+                report(&|u| {
+                    u.cursor = Some(last);
+                    u.refused += refused;
+                });
             }
         }
-        let mut stored = Vec::with_capacity(fresh.len());
-        let mut refused = 0u64;
-        for (item, verdict) in fresh.into_iter().zip(verdicts) {
-            let seq = item.seq;
-            let why = match (item.content, verdict) {
-                (Content::Label(signed), None) => {
-                    stored.push(StoredLabel { seq, signed });
-                    continue;
-                }
-                (Content::Label(l), Some(r)) => {
-                    let detail = match r {
-                        Refusal::Src => format!("src {} is not {did}", l.label.src),
-                        _ => format!("the signature does not verify against the key of {did}"),
-                    };
-                    tracing::warn!(seq, reason = r.as_str(), uri = %l.label.uri, val = %l.label.val, %detail, "refused a label from the upstream");
-                    r
-                }
-                (Content::Refused(r, detail), _) => {
-                    tracing::warn!(seq, reason = r.as_str(), %detail, "refused a label from the upstream");
-                    r
-                }
-                (Content::Empty, _) => continue,
-            };
-            metrics::counter!(telemetry::MIRROR_REFUSED, "reason" => why.as_str()).increment(1);
-            refused += 1;
-        }
-        let n = stored.len() as u64;
-        self.store
-            .call(move |s| s.write_mirrored(&stored, last))
-            .await
-            .map_err(|e| failed(&e))?;
-        metrics::counter!(telemetry::MIRROR_STORED).increment(n);
-        self.cursor = Some(last);
-        self.report(|u| {
-            u.cursor = Some(last);
-            u.refused += refused;
-        });
-        Ok(())
     }
 }
 
