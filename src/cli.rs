@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::app;
 use crate::config::{self, Config, LogFormat};
-use crate::keys::SigningKey;
+use crate::keys::{self, Signer, SigningKey};
 use crate::label::{self, Label};
 use crate::store::{LabelQuery, Store, UriPattern};
+use crate::{app, lifecycle};
 use crate::{dns, identity, telemetry, verify};
 
 /// Long flags the Go seed accepted with a single dash.
@@ -84,6 +84,12 @@ pub enum Command {
         #[command(subcommand)]
         action: LabelAction,
     },
+    /// The signing key.
+    Key {
+        /// Action.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// The guard's breaker, which holds withdrawals when too many would happen at once.
     Breaker {
         /// Action.
@@ -141,6 +147,19 @@ pub enum LabelAction {
     },
 }
 
+/// `labeler key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Generate a new signing key and re-sign every current label with it, in one
+    /// transaction; a running daemon follows at once. Prints the new did:key (only that, on
+    /// stdout) and, on stderr, where the old key went and what to change in the DID document.
+    Rotate {
+        /// Say what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 /// `labeler breaker …`
 #[derive(Debug, Subcommand)]
 pub enum BreakerAction {
@@ -162,6 +181,9 @@ pub enum Error {
     /// Key failure.
     #[error(transparent)]
     Key(#[from] crate::keys::Error),
+    /// Key rotation failure.
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::Error),
     /// Database failure.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
@@ -247,6 +269,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             plc_url,
         ),
         Command::Label { action } => label_cmd(&config_path, action),
+        Command::Key {
+            action: KeyAction::Rotate { dry_run },
+        } => rotate_key(&config_path, dry_run),
         Command::Breaker {
             action: BreakerAction::Release,
         } => {
@@ -363,10 +388,13 @@ fn check(
 fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error> {
     let config = Config::load(config_path)?;
     let store = Store::open(&config.db_path())?;
+    // The key the database says is active (finishing a rotation whose files did not move),
+    // and the src it signs as; the write below refuses if a rotation commits in between.
     let key = || -> Result<(SigningKey, String), Error> {
-        let key = SigningKey::load(&config.signing_key_path)?;
-        let src = config.src_did(&key);
-        Ok((key, src))
+        let active = store.active_key()?;
+        let key = SigningKey::load_active(&config.signing_key_path, active.as_deref())?;
+        let id = Signer::new(&config.signing_key_path, config.labeler_did.clone(), key).current();
+        Ok((id.key.clone(), id.src.clone()))
     };
     let print = |seq: i64, l: &label::SignedLabel| {
         let mut v = serde_json::to_value(l).unwrap_or_default();
@@ -389,7 +417,7 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 exp,
             }
             .sign(&key);
-            for l in store.write_labels(&[signed])? {
+            for l in store.write_labels_signed_by(key.did_key(), &[signed])? {
                 print(l.seq, &l.signed);
             }
         }
@@ -416,7 +444,7 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 exp: None,
             }
             .sign(&key);
-            for l in store.write_labels(&[signed])? {
+            for l in store.write_labels_signed_by(key.did_key(), &[signed])? {
                 print(l.seq, &l.signed);
             }
         }
@@ -441,6 +469,66 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `labeler key rotate`: see [`KeyAction::Rotate`] and [`crate::lifecycle::rotate`].
+fn rotate_key(config_path: &Path, dry_run: bool) -> Result<ExitCode, Error> {
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.db_path())?;
+    let did = config.labeler_did.as_deref();
+    let r = lifecycle::rotate(&store, &config.signing_key_path, did, dry_run)?;
+    if dry_run {
+        eprintln!(
+            "dry run: would generate a new signing key to replace {} and re-sign {} current \
+             labels{}; nothing was changed",
+            r.old,
+            r.current,
+            if r.moved_src {
+                " (negating each under the old did:key and issuing it again under the new one)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let new = r.new.unwrap_or_default();
+    let multikey = new.strip_prefix(keys::DID_KEY_PREFIX).unwrap_or(&new);
+    println!("{new}");
+    eprintln!(
+        "rotated the signing key: {} -> {new}; {} current labels re-signed ({} labels written, \
+         each with a new seq)",
+        r.old, r.current, r.written
+    );
+    if let Some(retired) = &r.retired {
+        eprintln!(
+            "the old key is kept at {} and is never loaded again: move it offline or destroy it",
+            retired.display()
+        );
+    }
+    match did {
+        Some(d) if d.starts_with("did:plc:") => eprintln!(
+            "update the DID document of {d}: a signed PLC operation that sets \
+             verificationMethods.atproto_label to \"{new}\" (e.g. with goat: `goat plc update` \
+             then `goat plc sign` and `goat plc submit`); until it is applied, verifiers that \
+             resolve {d} reject the re-signed labels"
+        ),
+        Some(d) if d.starts_with("did:web:") => eprintln!(
+            "{d}: this labeler serves /.well-known/did.json with the new key at once (nothing to \
+             change); if another server hosts that document, set the #atproto_label \
+             verification method's publicKeyMultibase to \"{multikey}\""
+        ),
+        Some(d) => eprintln!(
+            "update the DID document of {d}: set the #atproto_label verification method's \
+             publicKeyMultibase to \"{multikey}\""
+        ),
+        None => eprintln!(
+            "without labelerDid the labeler's identity is its did:key, so its labels now have a \
+             new src ({new}): each was negated under the old did:key and issued again under the \
+             new one, and consumers must follow the new DID. A labeler meant to last needs a \
+             did:plc or did:web (labelerDid) whose document names the key"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -485,49 +573,46 @@ fn healthcheck(config_path: &Path, url: Option<String>) -> Result<ExitCode, Erro
     }
 }
 
-/// The `app.bsky.labeler.service` record (lexicon `app.bsky.labeler.service`, rkey `self`)
-/// declaring the labels this labeler emits, with English definitions. Reports are not
-/// accepted (`reasonTypes`/`subjectTypes` empty).
+/// The `app.bsky.labeler.service` record (rkey `self`) declaring the labels this labeler
+/// emits, each with English `locales` (name, description), `severity: "none"` and
+/// `blurs: "none"`: they are signals for mail relays and AppViews, not warnings for people
+/// reading posts. `subjectTypes: ["account"]`: labels go on operators' DIDs; no report reason
+/// is accepted (`reasonTypes: []`). `tests/lexicons.rs` validates it against the lexicon.
 pub fn service_record() -> serde_json::Value {
+    let definition = |identifier: &str, name: &str, description: &str| {
+        serde_json::json!({
+            "identifier": identifier,
+            "severity": "none",
+            "blurs": "none",
+            "locales": [{ "lang": "en", "name": name, "description": description }]
+        })
+    };
     serde_json::json!({
         "$type": "app.bsky.labeler.service",
         "policies": {
             "labelValues": [label::VERIFIED_MAIL_OPERATOR, label::RELAY_MEMBER],
             "labelValueDefinitions": [
-                {
-                    "identifier": label::VERIFIED_MAIL_OPERATOR,
-                    "severity": "inform",
-                    "blurs": "none",
-                    "defaultSetting": "warn",
-                    "adultOnly": false,
-                    "locales": [{
-                        "lang": "en",
-                        "name": "Verified mail operator",
-                        "description": "This account runs a mail domain whose DNS passed every \
-    Atmosphere Mail check: the domain is controlled by this account (handle or _atproto TXT), it \
-    has a working MX, an SPF policy that does not authorise the whole internet, valid DKIM keys for \
-    every declared selector, and a DMARC policy of quarantine or reject. Re-verified daily; \
-    withdrawn when the DNS stops passing."
-                    }]
-                },
-                {
-                    "identifier": label::RELAY_MEMBER,
-                    "severity": "inform",
-                    "blurs": "none",
-                    "defaultSetting": "warn",
-                    "adultOnly": false,
-                    "locales": [{
-                        "lang": "en",
-                        "name": "Atmosphere Mail relay member",
-                        "description": "A verified mail operator whose SPF record authorises the \
-    Atmosphere Mail cooperative relay, so its transactional mail can be sent through the shared \
-    infrastructure."
-                    }]
-                }
+                definition(
+                    label::VERIFIED_MAIL_OPERATOR,
+                    "Verified mail operator",
+                    "This account runs a mail domain whose DNS passed every Atmosphere Mail \
+                     check: the domain is controlled by this account (handle or _atproto TXT), it \
+                     has a working MX, an SPF policy that does not authorise the whole internet, \
+                     valid DKIM keys for every declared selector, and a DMARC policy of \
+                     quarantine or reject. Re-verified daily; the label lapses unless renewed \
+                     (see its exp) and is withdrawn when the DNS stops passing.",
+                ),
+                definition(
+                    label::RELAY_MEMBER,
+                    "Atmosphere Mail relay member",
+                    "A verified mail operator whose SPF record authorises the Atmosphere Mail \
+                     cooperative relay, so its transactional mail can be sent through the shared \
+                     infrastructure.",
+                ),
             ]
         },
         "reasonTypes": [],
-        "subjectTypes": [],
+        "subjectTypes": ["account"],
         "createdAt": label::now_cts(),
     })
 }
