@@ -385,9 +385,7 @@ async fn a_failure_only_the_labelers_resolver_sees_is_not_withdrawn() {
 #[tokio::test]
 async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it() {
     let world = World::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let labeler = TestLabeler::start(&world, "1s").await;
-    let _ = dir;
     let mut sub = labeler.subscribe("").await;
     let mut dids = Vec::new();
     for i in 0..20 {
@@ -430,7 +428,7 @@ async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it()
         .arg("breaker")
         .arg("release")
         .arg("--config")
-        .arg(write_config(&labeler))
+        .arg(labeler.cli_config())
         .output()
         .unwrap();
     assert!(
@@ -444,18 +442,6 @@ async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it()
         negated.insert(l.uri);
     }
     labeler.stop().await;
-}
-
-/// The labeler's config as a file, for the CLI.
-fn write_config(labeler: &TestLabeler) -> std::path::PathBuf {
-    let c = &labeler.config;
-    let path = labeler.dir.join("cli-config.json");
-    let text = json!({
-        "stateDir": c.state_dir,
-        "signingKeyPath": c.signing_key_path,
-    });
-    std::fs::write(&path, text.to_string()).unwrap();
-    path
 }
 
 #[tokio::test]

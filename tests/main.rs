@@ -14,6 +14,7 @@ mod hostile;
 mod identity;
 mod jetstream;
 mod lexicons;
+mod lifecycle;
 mod limits;
 mod operator;
 mod pipeline;

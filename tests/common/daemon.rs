@@ -283,6 +283,31 @@ impl TestLabeler {
         .await
     }
 
+    /// A subscribeLabels client that does not check signatures against the test key.
+    pub async fn subscribe_unverified(&self, query: &str) -> Subscriber {
+        Subscriber::connect_unverified(&format!(
+            "ws://{}/xrpc/com.atproto.label.subscribeLabels?{query}",
+            self.addr
+        ))
+        .await
+    }
+
+    /// A config file for the `labeler` CLI on this labeler's state (state directory, key and
+    /// labelerDid; the daemon itself runs in-process with [`Config`]).
+    pub fn cli_config(&self) -> PathBuf {
+        let c = &self.config;
+        let path = self.dir.join("cli-config.json");
+        let mut text = json!({
+            "stateDir": c.state_dir,
+            "signingKeyPath": c.signing_key_path,
+        });
+        if let Some(did) = &c.labeler_did {
+            text["labelerDid"] = json!(did);
+        }
+        std::fs::write(&path, text.to_string()).unwrap();
+        path
+    }
+
     /// The labeler's database, for invariant checks.
     pub fn store(&self) -> atmos_labeler::store::Store {
         atmos_labeler::store::Store::open(&self.config.db_path()).unwrap()
