@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::Args;
 use crate::checks::Checks;
 use crate::common::daemon::World;
 use crate::common::dns::Fault;
 use crate::common::server::{Event, Subscriber};
 use crate::harness::{Instance, Labeler, percentile};
-use crate::Args;
 
 /// The bound the issue sets on honest operators' time-to-label beside a hostile DID.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -74,7 +74,11 @@ async fn one_run(args: &Args, hostile: bool) -> anyhow::Result<(Vec<Duration>, D
         let did = "did:plc:hostile";
         world.account(did);
         world.pds.hang(did);
-        for name in ["hostile.bench", "_dmarc.hostile.bench", "_atproto.hostile.bench"] {
+        for name in [
+            "hostile.bench",
+            "_dmarc.hostile.bench",
+            "_atproto.hostile.bench",
+        ] {
             world.dns.fault(name, Fault::Timeout);
         }
         let record = World::record("hostile.bench", &["default"]);
