@@ -599,7 +599,7 @@ fn rotate_phase(
     }
     rusqlite::Connection::open(db)?.execute("VACUUM INTO ?1", [copy.to_str().context("path")?])?;
     std::fs::write(&key_path, format!("{KEY_HEX}\n"))?;
-    let (store_path, key) = (copy.clone(), key_path.clone());
+    let (store_path, key) = (copy.clone(), key_path);
     let rotate = move || -> anyhow::Result<f64> {
         let store = Store::open(&store_path)?;
         let started = Instant::now();
