@@ -2,7 +2,7 @@
 //! the whole labeler in-process with its fakes: find a verified operator by handle, by DID and
 //! by domain; see a failing check with its fix; fix the DNS, press "Check again now" and watch
 //! the label appear; the preflight form; keyboard-only use; no horizontal scroll at 360 px;
-//! and no console errors anywhere.
+//! text contrast of at least 4.5:1; and no console errors anywhere.
 //!
 //! Page state is read through the DOM (`data-*` attributes the page sets for each status, and
 //! visible text); every wait is bounded (`common::browser::PAGE_WAIT`).
@@ -118,6 +118,37 @@ async fn assert_fits(c: &Client, what: &str) {
         scroll <= client,
         "{what}: {scroll} px of content in {client} px"
     );
+}
+
+/// Text with a contrast ratio below 4.5:1 against its background (WCAG 2.1 §1.4.3, the
+/// relative-luminance formula of its definitions), as `element: ratio text`.
+async fn low_contrast(c: &Client) -> Value {
+    c.execute(
+        r#"const rgb = s => (s.match(/[\d.]+/g) || []).map(Number);
+        const lum = ([r, g, b]) => {
+          const f = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); };
+          return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+        };
+        const background = e => {
+          for (; e; e = e.parentElement) {
+            const v = rgb(getComputedStyle(e).backgroundColor);
+            if (v.length === 3 || v[3] > 0) return v;
+          }
+          return [255, 255, 255];
+        };
+        const low = [];
+        for (const e of document.querySelectorAll('body *')) {
+          const text = [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+          if (!text || e.getClientRects().length === 0) continue;
+          const a = lum(rgb(getComputedStyle(e).color)), b = lum(background(e));
+          const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+          if (ratio < 4.5) low.push(e.tagName + '.' + e.className + ': ' + ratio.toFixed(2) + ' ' + e.textContent.trim().slice(0, 40));
+        }
+        return low;"#,
+        vec![],
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -380,6 +411,8 @@ async fn keyboard_alone_reaches_every_control_and_nothing_scrolls_sideways_at_36
             press(&c, &format!("{BOB_DOMAIN}{t}{BOB}{t}default{}", enter(), t = tab())).await;
             until(&c, "the preflight report", "return document.querySelector('#preflight-result .report') !== null;").await;
             assert_fits(&c, "the preflight report").await;
+            // Passes, failures, fixes, forms and buttons on one page: all readable.
+            assert_eq!(low_contrast(&c).await, serde_json::json!([]), "text below 4.5:1");
 
             // The verified operator too, found by domain.
             c.goto(&format!("{base}/?q={ALICE_DOMAIN}")).await.unwrap();
