@@ -96,6 +96,13 @@ pub enum Command {
         #[command(subcommand)]
         action: BreakerAction,
     },
+    /// Re-check a DID's attestations now (what email.atmos.requestVerification does), through
+    /// the database: a running daemon starts within seconds, with the same rules as a
+    /// scheduled re-check.
+    Recheck {
+        /// The operator's DID.
+        did: String,
+    },
     /// Print the app.bsky.labeler.service record to publish in the labeler's repo.
     ServiceRecord,
     /// Exit 0 when the daemon answers /xrpc/_health (for Docker HEALTHCHECK).
@@ -286,6 +293,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Recheck { did } => recheck(&config_path, &did),
         Command::ServiceRecord => {
             let record = service_record();
             println!(
@@ -314,6 +322,29 @@ fn report_init(config_path: &Path, done: &app::Init) {
             "created signing key {} (mode 0600; back it up)",
             done.config.signing_key_path.display()
         );
+    }
+}
+
+/// `labeler recheck DID`: makes the DID's attestations due now.
+fn recheck(config_path: &Path, did: &str) -> Result<ExitCode, Error> {
+    if !crate::syntax::is_did(did) {
+        return Err(Error::Usage(format!("{did:?} is not a DID")));
+    }
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.db_path())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match store.request_recheck(did, now)? {
+        0 => Err(Error::Usage(format!(
+            "the labeler holds no attestation for {did}: it has never seen an email.atmos.attestation record of that DID"
+        ))),
+        n => {
+            eprintln!(
+                "{did}: {n} attestation(s) due now; a running daemon re-checks them within seconds (see getVerification)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -92,7 +92,7 @@ fn every_lexicon_is_valid_and_where_its_nsid_says() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
     let mut all = Vec::new();
     files(&root, &mut all);
-    assert!(all.len() >= 2, "{all:?}");
+    assert!(all.len() >= 5, "{all:?}");
     for file in all {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -297,4 +297,123 @@ fn the_service_record_validates_against_the_labeler_service_lexicon() {
         &mut problems,
     );
     assert_eq!(problems.len(), 2, "{problems:#?}");
+}
+
+fn lexicon(nsid: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("lexicons")
+        .join(format!("{}.json", nsid.replace('.', "/")));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn errors(doc: &Value) -> Vec<&str> {
+    doc["defs"]["main"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect()
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+#[test]
+fn refs_into_other_email_atmos_lexicons_resolve() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lexicons");
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    for file in all {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let mut refs = Vec::new();
+        walk(&doc["defs"], doc["id"].as_str().unwrap(), &mut refs);
+        for r in refs.iter().filter(|r| r.starts_with("email.atmos.")) {
+            let (nsid, def) = r.split_once('#').unwrap_or((r, "main"));
+            assert!(
+                lexicon(nsid)["defs"].get(def).is_some(),
+                "{}: dangling ref {r}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_console_methods_are_described_with_their_inputs_outputs_and_errors() {
+    let rv = lexicon("email.atmos.requestVerification");
+    let main = &rv["defs"]["main"];
+    assert_eq!(main["type"], "procedure");
+    assert_eq!(main["input"]["encoding"], "application/json");
+    assert_eq!(
+        main["input"]["schema"]["required"],
+        serde_json::json!(["did"])
+    );
+    assert_eq!(
+        main["output"]["schema"]["required"],
+        serde_json::json!(["queued", "did", "attestations"])
+    );
+    for e in ["InvalidRequest", "UnknownDid", "RateLimitExceeded"] {
+        assert!(errors(&rv).contains(&e), "requestVerification: {e}");
+    }
+
+    let cd = lexicon("email.atmos.checkDomain");
+    let main = &cd["defs"]["main"];
+    assert_eq!(main["type"], "query");
+    assert_eq!(
+        main["parameters"]["required"],
+        serde_json::json!(["domain", "did", "selector"])
+    );
+    let sel = &main["parameters"]["properties"]["selector"];
+    assert_eq!(sel["type"], "array");
+    assert_eq!(
+        sel["maxLength"].as_u64().unwrap() as usize,
+        atmos_labeler::attestation::MAX_SELECTORS
+    );
+    assert_eq!(
+        main["output"]["schema"]["properties"]["checks"]["items"]["ref"],
+        "email.atmos.getVerification#check",
+        "the same check shape as getVerification"
+    );
+    for e in [
+        "InvalidRequest",
+        "RateLimitExceeded",
+        "TooManyPreflights",
+        "MethodNotImplemented",
+    ] {
+        assert!(errors(&cd).contains(&e), "checkDomain: {e}");
+    }
+
+    let gv = lexicon("email.atmos.getVerification");
+    let main = &gv["defs"]["main"];
+    assert_eq!(
+        keys(&main["parameters"]["properties"]),
+        ["did", "domain", "handle", "q"]
+    );
+    assert!(
+        main["parameters"].get("required").is_none(),
+        "exactly one of them, none required by itself"
+    );
+    for e in ["InvalidRequest", "HandleNotFound", "UpstreamFailure"] {
+        assert!(errors(&gv).contains(&e), "getVerification: {e}");
+    }
+    let defs = &gv["defs"];
+    assert_eq!(defs["check"]["properties"]["fix"]["ref"], "#fix");
+    assert_eq!(
+        defs["fix"]["required"],
+        serde_json::json!(["name", "type", "value"])
+    );
+    assert_eq!(
+        defs["attestationView"]["properties"]["history"]["items"]["ref"],
+        "#verdictChange"
+    );
+    assert!(keys(&defs["operatorView"]["properties"]).contains(&"foundBy"));
+
+    let dl = lexicon("email.atmos.describeLabeler");
+    let main = &dl["defs"]["main"];
+    assert_eq!(main["type"], "query");
+    assert_eq!(
+        keys(&main["output"]["schema"]["properties"]),
+        ["did", "labelValues", "signingKey"]
+    );
 }

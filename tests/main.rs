@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod browser;
 mod cli;
 mod common;
+mod console;
 mod crash;
 mod dns;
 mod health;

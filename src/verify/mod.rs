@@ -25,12 +25,15 @@ use crate::identity;
 mod dkim;
 mod dmarc;
 mod domain;
+mod fix;
 mod mx;
 mod spf;
 mod tags;
 
 /// Most DKIM selectors checked for one attestation.
 pub const MAX_SELECTORS: usize = 16;
+
+pub use fix::Fix;
 
 /// Checker configuration.
 #[derive(Clone, Debug, Default)]
@@ -112,7 +115,8 @@ pub enum CheckName {
 }
 
 impl CheckName {
-    fn as_str(self) -> &'static str {
+    /// The wire spelling (`domain-control`, `dkim`, …).
+    pub fn as_str(self) -> &'static str {
         match self {
             CheckName::Record => "record",
             CheckName::DomainControl => "domain-control",
@@ -138,6 +142,9 @@ pub struct Check {
     pub outcome: Outcome,
     /// A sentence naming the record and what is right or wrong with it.
     pub reason: String,
+    /// For a failure that a DNS record fixes: that record (see [`Fix`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fix: Option<Fix>,
 }
 
 /// The result of checking one attestation.
@@ -235,11 +242,13 @@ pub fn confirm(first: &Report, second: &Report, by: &str) -> Report {
                         "{}; not confirmed through {by}, which saw: {}",
                         c.reason, o.reason
                     ),
+                    fix: None,
                     ..c.clone()
                 },
                 None => Check {
                     outcome: Outcome::CouldNotDecide,
                     reason: format!("{}; not confirmed through {by}", c.reason),
+                    fix: None,
                     ..c.clone()
                 },
             }
@@ -381,6 +390,7 @@ impl Checker {
                 subject: None,
                 outcome: Outcome::Fail,
                 reason: format!("nothing was checked: {reason}"),
+                fix: None,
             });
             return finish(did, domain, checks);
         }
@@ -390,6 +400,13 @@ impl Checker {
             _ => &self.dns,
         };
         let live = Live { resolver, fresh };
+        let relay = self.relay.as_deref();
+        // Only a DNS answer that failed gets a fix; the early entries are about the record.
+        let fix = |name, subject: Option<&str>, outcome| {
+            (outcome == Outcome::Fail)
+                .then(|| fix::for_check(name, subject, did, domain, relay))
+                .flatten()
+        };
         let (dkim_plan, dkim_early) = plan_selectors(domain, selectors);
         let dkim_checks = dkim_plan.iter().map(|sel| {
             let live = &live;
@@ -411,6 +428,7 @@ impl Checker {
                     subject: Some(sel.clone()),
                     outcome,
                     reason,
+                    fix: fix(CheckName::Dkim, Some(sel), outcome),
                 }
             }
         });
@@ -426,6 +444,7 @@ impl Checker {
             subject: None,
             outcome,
             reason,
+            fix: fix(name, None, outcome),
         };
         checks.push(entry(CheckName::DomainControl, dc, dc_reason));
         checks.push(entry(CheckName::Mx, mx, mx_reason));
@@ -535,6 +554,7 @@ fn plan_selectors(domain: &str, selectors: &[String]) -> (Vec<String>, Vec<Check
         subject,
         outcome: Outcome::Fail,
         reason,
+        fix: None,
     };
     if selectors.is_empty() {
         return (
@@ -577,7 +597,7 @@ fn plan_selectors(domain: &str, selectors: &[String]) -> (Vec<String>, Vec<Check
 
 /// Why `domain` cannot be checked: it must be a lowercase LDH A-label host name with at
 /// least two labels and an alphabetic (or `xn--`) top label.
-fn domain_problem(domain: &str) -> Option<&'static str> {
+pub fn domain_problem(domain: &str) -> Option<&'static str> {
     if domain.is_empty() {
         return Some("is empty");
     }
@@ -782,6 +802,7 @@ pub(crate) mod tests {
             subject: None,
             outcome,
             reason: "r".to_owned(),
+            fix: None,
         }
     }
 
@@ -812,6 +833,7 @@ pub(crate) mod tests {
             subject: subject.map(str::to_owned),
             outcome,
             reason: reason.to_owned(),
+            fix: None,
         };
         let report = |checks: Vec<Check>| finish("did:plc:x", "example.test", checks);
         let first = report(vec![
@@ -862,18 +884,21 @@ pub(crate) mod tests {
                     subject: None,
                     outcome: Outcome::Pass,
                     reason: "ok".to_owned(),
+                    fix: None,
                 },
                 Check {
                     name: CheckName::Dkim,
                     subject: Some("sel1".to_owned()),
                     outcome: Outcome::CouldNotDecide,
                     reason: "timed out".to_owned(),
+                    fix: None,
                 },
                 Check {
                     name: CheckName::RelayMember,
                     subject: None,
                     outcome: Outcome::Fail,
                     reason: "no".to_owned(),
+                    fix: None,
                 },
             ],
             confirmed_by: None,

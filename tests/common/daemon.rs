@@ -106,6 +106,7 @@ pub fn tuning(config: &Config) -> Tuning {
     t.jetstream.backoff_max = Duration::from_millis(100);
     t.jetstream.checkpoint_every = Duration::from_millis(50);
     t.scheduler.max_sleep = Duration::from_millis(100);
+    t.scheduler.external_poll = Some(Duration::from_millis(50));
     t.server.poll_interval = Duration::from_millis(20);
     t
 }
