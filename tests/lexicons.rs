@@ -255,7 +255,7 @@ fn validate(
 #[test]
 fn the_service_record_validates_against_the_labeler_service_lexicon() {
     let lexicons = reference_lexicons();
-    let record = atmos_labeler::cli::service_record();
+    let record = atmos_labeler::label::service_record();
     assert_eq!(record["$type"], "app.bsky.labeler.service");
     let schema = &lexicons["app.bsky.labeler.service"]["defs"]["main"]["record"];
     let mut problems = Vec::new();

@@ -192,7 +192,7 @@ pub(crate) async fn describe_labeler(
     let (src, key) = shared
         .blocking(move |s| Ok((state.src(s)?, s.active_key()?)))
         .await?;
-    let record = crate::cli::service_record();
+    let record = crate::label::service_record();
     let values: Vec<Value> = record["policies"]["labelValueDefinitions"]
         .as_array()
         .into_iter()
