@@ -761,8 +761,12 @@ impl Shared {
         // labels are withheld already; nothing to guard.)
         let mut hold = None;
         let inactive = account.as_ref().is_some_and(|a| !a.active);
+        // An unreachable PDS may be the labeler's own network failing: then its resolver
+        // fails its canaries too, and staleness does not advance.
+        let mut degraded = false;
         if a.standing && !inactive {
-            hold = self.hold(a, Outcome::CouldNotDecide, false, false).await;
+            degraded = self.guard.resolver_degraded().await.is_some();
+            hold = self.hold(a, Outcome::CouldNotDecide, false, degraded).await;
             report.notes.extend(hold.clone());
         }
         let record = Record {
@@ -775,7 +779,7 @@ impl Shared {
             relay: false,
             report,
             hold,
-            degraded: false,
+            degraded,
         };
         self.store_round(
             did,
