@@ -22,6 +22,10 @@
 //!   `serde_ipld_dagcbor` (every field; strings borrowed from the frame) and checks that seq
 //!   strictly increases, N frames;
 //! - `backfill100`: 100 such clients at once, each from `cursor = N - sub_labels`.
+//! - `rotate`: the `exact` load on a copy of the database while `labeler key rotate`
+//!   (`lifecycle::rotate`, in this process: another process than the server, as the CLI is)
+//!   re-signs all N labels one second in; reports how long the rotation took (`rotate s`)
+//!   and the load's p99 while it ran. Not in the default set: `--phases rotate`.
 //!
 //! Options: `--labels N` (1000000), `--runs N` (3), `--duration SECS` (10), `--subscribers
 //! N` (100), `--sub-labels N` (200000), `--phases a,b,..` (all six). Needs `wrk` on PATH for
@@ -255,6 +259,8 @@ struct Sample {
     client_us: f64,
     /// Wall seconds.
     secs: f64,
+    /// Seconds the work run beside the load took (`rotate`).
+    beside: f64,
 }
 
 /// `bench/` in the repository.
@@ -320,6 +326,7 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                         continue;
                     }
                     "exact" => wrk_phase(target, &db, &exact_lua, &dids, a.duration)?,
+                    "rotate" => rotate_phase(&db, &dir, &exact_lua, &dids, a.duration)?,
                     "prefix" => wrk_phase(target, &db, &prefix_lua, &dids, a.duration)?,
                     "all" => wrk_phase(target, &db, &all_lua, &dids, a.duration)?,
                     "broad" => wrk_phase(target, &db, &broad_lua, &dids, a.duration)?,
@@ -342,14 +349,19 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                     phase.clone()
                 };
                 println!(
-                    "run {run} {name:<22} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>7.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s",
+                    "run {run} {name:<22} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>7.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s{}",
                     sample.rate,
                     sample.p50,
                     sample.p99,
                     sample.cpu_us,
                     sample.client_us,
                     sample.hwm,
-                    sample.secs
+                    sample.secs,
+                    if sample.beside > 0.0 {
+                        format!("  rotate {:.2} s", sample.beside)
+                    } else {
+                        String::new()
+                    }
                 );
                 match results.iter_mut().find(|(p, _)| *p == name) {
                     Some((_, v)) => v.push(sample),
@@ -485,12 +497,70 @@ end
 }
 
 /// Runs wrk against a fresh server: 3 s warm-up, then `duration` seconds measured.
+/// `rotate`: the exact load while every label of a copy of `db` is re-signed.
+fn rotate_phase(
+    db: &Path,
+    dir: &Path,
+    script: &Path,
+    dids: &Path,
+    duration: u64,
+) -> anyhow::Result<Sample> {
+    let copy = dir.join("rotate.db");
+    let key_path = dir.join("rotate.key");
+    let old = SigningKey::from_hex(KEY_HEX).context("key")?;
+    for stale in [
+        copy.clone(),
+        key_path.clone(),
+        atmos_labeler::keys::staged_path(&key_path),
+        atmos_labeler::keys::retired_path(&key_path, old.did_key()),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+    }
+    rusqlite::Connection::open(db)?.execute("VACUUM INTO ?1", [copy.to_str().context("path")?])?;
+    std::fs::write(&key_path, format!("{KEY_HEX}\n"))?;
+    let (store_path, key) = (copy.clone(), key_path);
+    let rotate = move || -> anyhow::Result<f64> {
+        let store = Store::open(&store_path)?;
+        let started = Instant::now();
+        let r =
+            atmos_labeler::lifecycle::rotate(&store, &key, Some("did:web:bench.example"), false)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!("rotated {} labels in {secs:.2} s", r.written);
+        Ok(secs)
+    };
+    run_wrk(
+        Target::Ours,
+        &copy,
+        script,
+        dids,
+        duration,
+        Some(Box::new(rotate)),
+    )
+}
+
+/// Work run beside a wrk load, one second into it; returns how long it took.
+type Beside = Box<dyn FnOnce() -> anyhow::Result<f64> + Send>;
+
 fn wrk_phase(
     target: Target,
     db: &Path,
     script: &Path,
     dids: &Path,
     duration: u64,
+) -> anyhow::Result<Sample> {
+    run_wrk(target, db, script, dids, duration, None)
+}
+
+fn run_wrk(
+    target: Target,
+    db: &Path,
+    script: &Path,
+    dids: &Path,
+    duration: u64,
+    beside: Option<Beside>,
 ) -> anyhow::Result<Sample> {
     let server = ServerProcess::start(target, db, dids)?;
     let url = format!("http://127.0.0.1:{}", server.port);
@@ -506,8 +576,20 @@ fn wrk_phase(
     wrk(3)?;
     let (cpu0, _) = server.usage()?;
     let started = Instant::now();
+    let side = beside.map(|work| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            work()
+        })
+    });
     let out = wrk(duration)?;
     let secs = started.elapsed().as_secs_f64();
+    let beside = match side {
+        Some(t) => t
+            .join()
+            .map_err(|_| anyhow::anyhow!("the work beside the load panicked"))??,
+        None => 0.0,
+    };
     let (cpu1, hwm) = server.usage()?;
     server.stop()?;
     let requests: f64 = out
@@ -543,6 +625,7 @@ fn wrk_phase(
         hwm,
         secs,
         client_us: 0.0,
+        beside,
     })
 }
 

@@ -290,13 +290,22 @@ pub async fn start(
         dns::Resolver::new(&config.confirm_dns_servers, config.dns_timeout)?
     };
     let checker = verify::Checker::new(
-        dns,
+        dns.clone(),
         identity.clone(),
         verify::Options {
             relay_spf_include: config.relay_spf_include.clone(),
         },
     )
     .with_confirmation(confirm);
+    // The console's preflights and handle lookups: the configured resolvers, without the
+    // confirmation path (a preflight confirms nothing).
+    let console_checker = verify::Checker::new(
+        dns,
+        identity.clone(),
+        verify::Options {
+            relay_spf_include: config.relay_spf_include.clone(),
+        },
+    );
     let health = Health::new();
     let manager = Manager::new(
         store.clone(),
@@ -350,7 +359,8 @@ pub async fn start(
         },
         Some(telemetry::metrics_handle()),
         health.clone(),
-    );
+    )
+    .with_checker(console_checker);
 
     let mut tasks = JoinSet::new();
     let token = shutdown.clone();

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::app;
 use crate::config::{self, Config, LogFormat};
-use crate::keys::SigningKey;
+use crate::keys::{self, Signer, SigningKey};
 use crate::label::{self, Label};
 use crate::store::{LabelQuery, Store, UriPattern};
+use crate::{app, lifecycle};
 use crate::{dns, identity, telemetry, verify};
 
 /// Long flags the Go seed accepted with a single dash.
@@ -84,11 +84,24 @@ pub enum Command {
         #[command(subcommand)]
         action: LabelAction,
     },
+    /// The signing key.
+    Key {
+        /// Action.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// The guard's breaker, which holds withdrawals when too many would happen at once.
     Breaker {
         /// Action.
         #[command(subcommand)]
         action: BreakerAction,
+    },
+    /// Re-check a DID's attestations now (what email.atmos.requestVerification does), through
+    /// the database: a running daemon starts within seconds, with the same rules as a
+    /// scheduled re-check.
+    Recheck {
+        /// The operator's DID.
+        did: String,
     },
     /// Print the app.bsky.labeler.service record to publish in the labeler's repo.
     ServiceRecord,
@@ -155,6 +168,19 @@ pub enum LabelAction {
     },
 }
 
+/// `labeler key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Generate a new signing key and re-sign every current label with it, in one
+    /// transaction; a running daemon follows at once. Prints the new did:key (only that, on
+    /// stdout) and, on stderr, where the old key went and what to change in the DID document.
+    Rotate {
+        /// Say what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 /// `labeler breaker …`
 #[derive(Debug, Subcommand)]
 pub enum BreakerAction {
@@ -176,6 +202,9 @@ pub enum Error {
     /// Key failure.
     #[error(transparent)]
     Key(#[from] crate::keys::Error),
+    /// Key rotation failure.
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::Error),
     /// Database failure.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
@@ -272,6 +301,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             runtime()?.block_on(app::run_mirror(config, upstream, did))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Key {
+            action: KeyAction::Rotate { dry_run },
+        } => rotate_key(&config_path, dry_run),
         Command::Breaker {
             action: BreakerAction::Release,
         } => {
@@ -286,8 +318,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Recheck { did } => recheck(&config_path, &did),
         Command::ServiceRecord => {
-            let record = service_record();
+            let record = label::service_record();
             println!(
                 "{}",
                 serde_json::to_string_pretty(&record).unwrap_or_default()
@@ -314,6 +347,29 @@ fn report_init(config_path: &Path, done: &app::Init) {
             "created signing key {} (mode 0600; back it up)",
             done.config.signing_key_path.display()
         );
+    }
+}
+
+/// `labeler recheck DID`: makes the DID's attestations due now.
+fn recheck(config_path: &Path, did: &str) -> Result<ExitCode, Error> {
+    if !crate::syntax::is_did(did) {
+        return Err(Error::Usage(format!("{did:?} is not a DID")));
+    }
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.db_path())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match store.request_recheck(did, now)? {
+        0 => Err(Error::Usage(format!(
+            "the labeler holds no attestation for {did}: it has never seen an email.atmos.attestation record of that DID"
+        ))),
+        n => {
+            eprintln!(
+                "{did}: {n} attestation(s) due now; a running daemon re-checks them within seconds (see getVerification)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -388,10 +444,13 @@ fn check(
 fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error> {
     let config = Config::load(config_path)?;
     let store = Store::open(&config.db_path())?;
+    // The key the database says is active (finishing a rotation whose files did not move),
+    // and the src it signs as; the write below refuses if a rotation commits in between.
     let key = || -> Result<(SigningKey, String), Error> {
-        let key = SigningKey::load(&config.signing_key_path)?;
-        let src = config.src_did(&key);
-        Ok((key, src))
+        let active = store.active_key()?;
+        let key = SigningKey::load_active(&config.signing_key_path, active.as_deref())?;
+        let id = Signer::new(&config.signing_key_path, config.labeler_did.clone(), key).current();
+        Ok((id.key.clone(), id.src.clone()))
     };
     let print = |seq: i64, l: &label::SignedLabel| {
         let mut v = serde_json::to_value(l).unwrap_or_default();
@@ -414,7 +473,7 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 exp,
             }
             .sign(&key);
-            for l in store.write_labels(&[signed])? {
+            for l in store.write_labels_signed_by(key.did_key(), &[signed])? {
                 print(l.seq, &l.signed);
             }
         }
@@ -441,7 +500,7 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 exp: None,
             }
             .sign(&key);
-            for l in store.write_labels(&[signed])? {
+            for l in store.write_labels_signed_by(key.did_key(), &[signed])? {
                 print(l.seq, &l.signed);
             }
         }
@@ -466,6 +525,66 @@ fn label_cmd(config_path: &Path, action: LabelAction) -> Result<ExitCode, Error>
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `labeler key rotate`: see [`KeyAction::Rotate`] and [`crate::lifecycle::rotate`].
+fn rotate_key(config_path: &Path, dry_run: bool) -> Result<ExitCode, Error> {
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.db_path())?;
+    let did = config.labeler_did.as_deref();
+    let r = lifecycle::rotate(&store, &config.signing_key_path, did, dry_run)?;
+    if dry_run {
+        eprintln!(
+            "dry run: would generate a new signing key to replace {} and re-sign {} current \
+             labels{}; nothing was changed",
+            r.old,
+            r.current,
+            if r.moved_src {
+                " (negating each under the old did:key and issuing it again under the new one)"
+            } else {
+                ""
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let new = r.new.unwrap_or_default();
+    let multikey = new.strip_prefix(keys::DID_KEY_PREFIX).unwrap_or(&new);
+    println!("{new}");
+    eprintln!(
+        "rotated the signing key: {} -> {new}; {} current labels re-signed ({} labels written, \
+         each with a new seq)",
+        r.old, r.current, r.written
+    );
+    if let Some(retired) = &r.retired {
+        eprintln!(
+            "the old key is kept at {} and is never loaded again: move it offline or destroy it",
+            retired.display()
+        );
+    }
+    match did {
+        Some(d) if d.starts_with("did:plc:") => eprintln!(
+            "update the DID document of {d}: a signed PLC operation that sets \
+             verificationMethods.atproto_label to \"{new}\" (e.g. with goat: `goat plc update` \
+             then `goat plc sign` and `goat plc submit`); until it is applied, verifiers that \
+             resolve {d} reject the re-signed labels"
+        ),
+        Some(d) if d.starts_with("did:web:") => eprintln!(
+            "{d}: this labeler serves /.well-known/did.json with the new key at once (nothing to \
+             change); if another server hosts that document, set the #atproto_label \
+             verification method's publicKeyMultibase to \"{multikey}\""
+        ),
+        Some(d) => eprintln!(
+            "update the DID document of {d}: set the #atproto_label verification method's \
+             publicKeyMultibase to \"{multikey}\""
+        ),
+        None => eprintln!(
+            "without labelerDid the labeler's identity is its did:key, so its labels now have a \
+             new src ({new}): each was negated under the old did:key and issued again under the \
+             new one, and consumers must follow the new DID. A labeler meant to last needs a \
+             did:plc or did:web (labelerDid) whose document names the key"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -508,53 +627,6 @@ fn healthcheck(config_path: &Path, url: Option<String>) -> Result<ExitCode, Erro
             Ok(ExitCode::from(1))
         }
     }
-}
-
-/// The `app.bsky.labeler.service` record (lexicon `app.bsky.labeler.service`, rkey `self`)
-/// declaring the labels this labeler emits, with English definitions. Reports are not
-/// accepted (`reasonTypes`/`subjectTypes` empty).
-pub fn service_record() -> serde_json::Value {
-    serde_json::json!({
-        "$type": "app.bsky.labeler.service",
-        "policies": {
-            "labelValues": [label::VERIFIED_MAIL_OPERATOR, label::RELAY_MEMBER],
-            "labelValueDefinitions": [
-                {
-                    "identifier": label::VERIFIED_MAIL_OPERATOR,
-                    "severity": "inform",
-                    "blurs": "none",
-                    "defaultSetting": "warn",
-                    "adultOnly": false,
-                    "locales": [{
-                        "lang": "en",
-                        "name": "Verified mail operator",
-                        "description": "This account runs a mail domain whose DNS passed every \
-    Atmosphere Mail check: the domain is controlled by this account (handle or _atproto TXT), it \
-    has a working MX, an SPF policy that does not authorise the whole internet, valid DKIM keys for \
-    every declared selector, and a DMARC policy of quarantine or reject. Re-verified daily; \
-    withdrawn when the DNS stops passing."
-                    }]
-                },
-                {
-                    "identifier": label::RELAY_MEMBER,
-                    "severity": "inform",
-                    "blurs": "none",
-                    "defaultSetting": "warn",
-                    "adultOnly": false,
-                    "locales": [{
-                        "lang": "en",
-                        "name": "Atmosphere Mail relay member",
-                        "description": "A verified mail operator whose SPF record authorises the \
-    Atmosphere Mail cooperative relay, so its transactional mail can be sent through the shared \
-    infrastructure."
-                    }]
-                }
-            ]
-        },
-        "reasonTypes": [],
-        "subjectTypes": [],
-        "createdAt": label::now_cts(),
-    })
 }
 
 #[cfg(test)]

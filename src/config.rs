@@ -455,14 +455,6 @@ impl Config {
         Ok(())
     }
 
-    /// The labeler's DID, the `src` of every label it signs: `labelerDid`, or the signing
-    /// key's did:key when that is unset (the key then *is* the labeler's identity).
-    pub fn src_did(&self, key: &crate::keys::SigningKey) -> String {
-        self.labeler_did
-            .clone()
-            .unwrap_or_else(|| key.did_key().to_owned())
-    }
-
     /// The SQLite database file.
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join(DB_FILE)

@@ -448,22 +448,11 @@ impl Resolver {
                 q.append_pair("cursor", c);
             }
         }
-        let (status, body) = self
-            .fetch(&self.inner.web, url.clone(), MAX_LIST_BYTES)
-            .await?;
-        let url_s = url.to_string();
-        if status != StatusCode::OK {
-            return Err(Error::Status {
-                url: url_s,
-                status: status.as_u16(),
-                detail: xrpc_detail(&body),
-            });
-        }
+        let (v, url_s) = self.xrpc_json(url, MAX_LIST_BYTES).await?;
         let malformed = |reason: &str| Error::Malformed {
             url: url_s.clone(),
             reason: reason.to_owned(),
         };
-        let v: Value = serde_json::from_slice(&body).map_err(|_| malformed("not JSON"))?;
         let records = v
             .get("records")
             .and_then(Value::as_array)
@@ -492,22 +481,11 @@ impl Resolver {
     pub async fn repo_status(&self, did: &str) -> Result<RepoStatus, Error> {
         let mut url = self.xrpc_url(did, "com.atproto.sync.getRepoStatus").await?;
         url.query_pairs_mut().append_pair("did", did);
-        let (status, body) = self
-            .fetch(&self.inner.web, url.clone(), MAX_STATUS_BYTES)
-            .await?;
-        let url_s = url.to_string();
-        if status != StatusCode::OK {
-            return Err(Error::Status {
-                url: url_s,
-                status: status.as_u16(),
-                detail: xrpc_detail(&body),
-            });
-        }
+        let (v, url_s) = self.xrpc_json(url, MAX_STATUS_BYTES).await?;
         let malformed = |reason: &str| Error::Malformed {
             url: url_s.clone(),
             reason: reason.to_owned(),
         };
-        let v: Value = serde_json::from_slice(&body).map_err(|_| malformed("not JSON"))?;
         if let Some(d) = v.get("did")
             && d.as_str() != Some(did)
         {
@@ -523,6 +501,28 @@ impl Resolver {
             Some(_) => return Err(malformed("\"status\" is not a string")),
         };
         Ok(RepoStatus { active, status })
+    }
+
+    /// GETs an XRPC query on a PDS (at most `limit` bytes) and parses its JSON body: any
+    /// status but 200 is [`Error::Status`] with the XRPC error, a body that is not JSON is
+    /// [`Error::Malformed`]. Returns the body and the URL (for later errors).
+    async fn xrpc_json(&self, url: Url, limit: usize) -> Result<(Value, String), Error> {
+        let (status, body) = self.fetch(&self.inner.web, url.clone(), limit).await?;
+        let url_s = url.to_string();
+        if status != StatusCode::OK {
+            return Err(Error::Status {
+                url: url_s,
+                status: status.as_u16(),
+                detail: xrpc_detail(&body),
+            });
+        }
+        match serde_json::from_slice(&body) {
+            Ok(v) => Ok((v, url_s)),
+            Err(_) => Err(Error::Malformed {
+                url: url_s,
+                reason: "not JSON".to_owned(),
+            }),
+        }
     }
 
     /// Drops any cached document for `did` (identity events, account migrations).

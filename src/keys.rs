@@ -251,38 +251,39 @@ pub fn stage_rotation(path: &Path) -> Result<SigningKey, Error> {
 
 /// Phase three (after the database committed to the staged key): moves the retired key `old`
 /// to [`retired_path`] and the staged one into place. Idempotent: two processes finishing
-/// the same rotation (the CLI that ran it and a daemon that saw it) end in the same state.
-/// Returns where the retired key is.
+/// the same rotation (the CLI that ran it and a daemon that saw it) end in the same state, and
+/// a rotation interrupted between the two moves is finished by the next call. Never replaces
+/// a key file with a different key. Returns where the retired key is.
 pub fn finish_rotation(path: &Path, old: &str) -> Result<PathBuf, Error> {
     let staged = staged_path(path);
     let retired = retired_path(path, old);
-    let done = || !staged.exists() && retired.exists() && path.exists();
-    let rename = |from: &Path, to: &Path| -> Result<(), Error> {
-        if to.exists() && from.exists() {
-            return Err(Error::Rename {
-                from: from.to_owned(),
-                to: to.to_owned(),
-                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            });
-        }
-        match fs::rename(from, to) {
-            Ok(()) => Ok(()),
-            // Another process moved it first.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => Ok(()),
-            Err(source) => Err(Error::Rename {
-                from: from.to_owned(),
-                to: to.to_owned(),
-                source,
-            }),
-        }
+    let holds = |p: &Path, did: &str| SigningKey::load(p).is_ok_and(|k| k.did_key() == did);
+    let refuse = |from: &Path, to: &Path| Error::Rename {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
     };
-    if done() {
-        return Ok(retired);
-    }
-    if !retired.exists() {
+    // A rename another process made first reports NotFound with its target in place.
+    let rename = |from: &Path, to: &Path| match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => Ok(()),
+        Err(source) => Err(Error::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source,
+        }),
+    };
+    if holds(path, old) {
+        // A retired file already there may only be this same key (an earlier attempt).
+        if retired.exists() && !holds(&retired, old) {
+            return Err(refuse(path, &retired));
+        }
         rename(path, &retired)?;
     }
     if staged.exists() {
+        if path.exists() {
+            return Err(refuse(&staged, path));
+        }
         rename(&staged, path)?;
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
@@ -577,5 +578,63 @@ mod tests {
         assert!(PublicKey::parse("zDnaembgSGUhZULN2Caob4HLJPaxBh92N7rtH21TErzqf8HQo").is_err());
         assert!(PublicKey::parse("did:key:").is_err());
         assert!(PublicKey::parse("not a key").is_err());
+    }
+
+    #[test]
+    fn a_rotation_moves_its_files_once_and_can_be_finished_again_or_after_an_interruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let (old, _) = SigningKey::load_or_create(&path).unwrap();
+        let new = stage_rotation(&path).unwrap();
+        assert!(matches!(
+            stage_rotation(&path),
+            Err(Error::RotationStaged(_))
+        ));
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), old.did_key());
+
+        let retired = finish_rotation(&path, old.did_key()).unwrap();
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), new.did_key());
+        assert_eq!(SigningKey::load(&retired).unwrap().did_key(), old.did_key());
+        assert!(!staged_path(&path).exists());
+        // A second finisher (the daemon that saw the rotation) changes nothing.
+        assert_eq!(finish_rotation(&path, old.did_key()).unwrap(), retired);
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), new.did_key());
+
+        // Interrupted between the two moves: the next call puts the staged key in place.
+        let newer = stage_rotation(&path).unwrap();
+        let retired2 = retired_path(&path, new.did_key());
+        std::fs::rename(&path, &retired2).unwrap();
+        assert_eq!(finish_rotation(&path, new.did_key()).unwrap(), retired2);
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), newer.did_key());
+        // load_active finds the database ahead of the files and finishes the move.
+        let newest = stage_rotation(&path).unwrap();
+        let active = SigningKey::load_active(&path, Some(newest.did_key())).unwrap();
+        assert_eq!(active.did_key(), newest.did_key());
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), newest.did_key());
+        assert!(matches!(
+            SigningKey::load_active(&path, Some(old.did_key())),
+            Err(Error::NotActive { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rotation_never_replaces_a_different_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let (old, _) = SigningKey::load_or_create(&path).unwrap();
+        // Something else already sits where the old key would be retired.
+        let (other, _) = SigningKey::load_or_create(&retired_path(&path, old.did_key())).unwrap();
+        stage_rotation(&path).unwrap();
+        assert!(matches!(
+            finish_rotation(&path, old.did_key()),
+            Err(Error::Rename { .. })
+        ));
+        assert_eq!(SigningKey::load(&path).unwrap().did_key(), old.did_key());
+        assert_eq!(
+            SigningKey::load(&retired_path(&path, old.did_key()))
+                .unwrap()
+                .did_key(),
+            other.did_key()
+        );
     }
 }

@@ -316,6 +316,50 @@ pub fn datetime_after(d: Duration) -> String {
     format_datetime(SystemTime::now() + d)
 }
 
+/// The `app.bsky.labeler.service` record (rkey `self`) declaring the labels this labeler
+/// emits, each with English `locales` (name, description), `severity: "none"` and
+/// `blurs: "none"`: they are signals for mail relays and AppViews, not warnings for people
+/// reading posts. `subjectTypes: ["account"]`: labels go on operators' DIDs; no report reason
+/// is accepted (`reasonTypes: []`). `tests/lexicons.rs` validates it against the lexicon.
+pub fn service_record() -> serde_json::Value {
+    let definition = |identifier: &str, name: &str, description: &str| {
+        serde_json::json!({
+            "identifier": identifier,
+            "severity": "none",
+            "blurs": "none",
+            "locales": [{ "lang": "en", "name": name, "description": description }]
+        })
+    };
+    serde_json::json!({
+        "$type": "app.bsky.labeler.service",
+        "policies": {
+            "labelValues": [VERIFIED_MAIL_OPERATOR, RELAY_MEMBER],
+            "labelValueDefinitions": [
+                definition(
+                    VERIFIED_MAIL_OPERATOR,
+                    "Verified mail operator",
+                    "This account runs a mail domain whose DNS passed every Atmosphere Mail \
+                     check: the domain is controlled by this account (handle or _atproto TXT), it \
+                     has a working MX, an SPF policy that does not authorise the whole internet, \
+                     valid DKIM keys for every declared selector, and a DMARC policy of \
+                     quarantine or reject. Re-verified daily; the label lapses unless renewed \
+                     (see its exp) and is withdrawn when the DNS stops passing.",
+                ),
+                definition(
+                    RELAY_MEMBER,
+                    "Atmosphere Mail relay member",
+                    "A verified mail operator whose SPF record authorises the Atmosphere Mail \
+                     cooperative relay, so its transactional mail can be sent through the shared \
+                     infrastructure.",
+                ),
+            ]
+        },
+        "reasonTypes": [],
+        "subjectTypes": ["account"],
+        "createdAt": now_cts(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,14 +12,20 @@
 //! wakes early whenever a commit may have brought a re-check closer
 //! ([`Store::schedule_changes`]): a new attestation with a 10 s `reverifyInterval` is
 //! re-checked after 10 s, not after the next minute-long sleep.
+//!
+//! Commits by other processes (`labeler recheck DID`, which makes a DID's attestations due
+//! now) notify nothing in this process, so the scheduler also polls SQLite's
+//! `PRAGMA data_version` (a [`Watcher`]) every `external_poll` and sweeps when another
+//! connection has committed: an operator's re-check starts within about a second.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{Clock, Command};
-use crate::store::Store;
+use crate::store::{Store, Watcher};
 
 /// Scheduler settings.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +38,9 @@ pub struct Options {
     pub max_sleep: Duration,
     /// Time source (the same one the manager uses for next-check times).
     pub clock: Clock,
+    /// How often to look for commits by other processes (`PRAGMA data_version`); `None`
+    /// watches this process's commits only.
+    pub external_poll: Option<Duration>,
 }
 
 impl Default for Options {
@@ -41,6 +50,7 @@ impl Default for Options {
             lease: Duration::from_secs(15 * 60),
             max_sleep: Duration::from_secs(60),
             clock: Clock::System,
+            external_poll: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -63,6 +73,17 @@ impl Scheduler {
     /// and retried; they never stop the daemon from serving.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut schedule = self.store.schedule_changes();
+        let watcher = match self.options.external_poll {
+            Some(_) => match self.store.call(Watcher::new).await {
+                Ok(w) => Some(Arc::new(Mutex::new(w))),
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::Chain(&e), "cannot watch the database for re-checks requested by other processes");
+                    None
+                }
+            },
+            None => None,
+        };
+        let poll = self.options.external_poll.unwrap_or(self.options.max_sleep);
         let mut failures = 0u32;
         loop {
             let wait = match self.sweep(&shutdown).await {
@@ -91,6 +112,7 @@ impl Scheduler {
                         tokio::time::sleep(wait).await;
                     }
                 }
+                () = external_commit(watcher.as_ref(), poll) => {}
             }
         }
     }
@@ -130,5 +152,31 @@ impl Scheduler {
             Duration::from_millis(t.saturating_sub(now).max(0) as u64)
         });
         Ok(Some(wait.min(self.options.max_sleep)))
+    }
+}
+
+/// Resolves once another connection (another process) has committed, polling `watcher`
+/// every `poll`; never without a watcher. Cancel-safe: the watcher stays behind its lock,
+/// so a poll abandoned mid-read loses nothing.
+async fn external_commit(watcher: Option<&Arc<Mutex<Watcher>>>, poll: Duration) {
+    let Some(watcher) = watcher else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(poll).await;
+        let w = Arc::clone(watcher);
+        let changed = tokio::task::spawn_blocking(move || {
+            w.lock().unwrap_or_else(PoisonError::into_inner).changed()
+        })
+        .await;
+        match changed {
+            Ok(Ok(true)) => return,
+            Ok(Ok(false)) => {}
+            // The sweep's own reads report a broken database; here, just keep polling.
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::telemetry::Chain(&e), "cannot read the database version");
+            }
+            Err(e) => tracing::debug!(error = %e, "database version poll failed"),
+        }
     }
 }

@@ -259,10 +259,10 @@ async fn a_hostile_did_with_a_hung_pds_and_silent_dns_does_not_delay_honest_oper
     labeler.stop().await;
 }
 
-/// Publishes a passing operator in both DNS servers.
-fn good_in_both(a: &FakeDns, b: &FakeDns, domain: &str, did: &str) {
-    a.publish_good_operator(domain, did, &["default"]);
-    b.publish_good_operator(domain, did, &["default"]);
+/// An operator whose DNS passes in both `world.dns` and `second`, announced on Jetstream.
+fn good_operator_in_both(world: &World, second: &FakeDns, did: &str, domain: &str) {
+    second.publish_good_operator(domain, did, &["default"]);
+    world.good_operator(did, domain, "r1");
 }
 
 #[tokio::test]
@@ -279,13 +279,7 @@ async fn a_resolver_that_lies_withdraws_nothing_and_a_real_failure_is_still_with
     let mut dids = Vec::new();
     for i in 0..20 {
         let did = format!("did:plc:op{i:02}");
-        good_in_both(&world.dns, &second, &format!("op{i:02}.test"), &did);
-        world.account(&did);
-        world.publish(
-            &did,
-            "r1",
-            &World::record(&format!("op{i:02}.test"), &["default"]),
-        );
+        good_operator_in_both(&world, &second, &did, &format!("op{i:02}.test"));
         dids.push(did);
     }
     let mut granted = HashSet::new();
@@ -353,9 +347,7 @@ async fn a_failure_only_the_labelers_resolver_sees_is_not_withdrawn() {
     .await;
     let mut sub = labeler.subscribe("").await;
     let did = "did:plc:seenonce";
-    good_in_both(&world.dns, &second, "seenonce.test", did);
-    world.account(did);
-    world.publish(did, "r1", &World::record("seenonce.test", &["default"]));
+    good_operator_in_both(&world, &second, did, "seenonce.test");
     assert_eq!(sub.next_label().await.1.neg, None);
 
     // Only the labeler's own resolver loses the DMARC record.
@@ -385,9 +377,7 @@ async fn a_failure_only_the_labelers_resolver_sees_is_not_withdrawn() {
 #[tokio::test]
 async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it() {
     let world = World::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let labeler = TestLabeler::start(&world, "1s").await;
-    let _ = dir;
     let mut sub = labeler.subscribe("").await;
     let mut dids = Vec::new();
     for i in 0..20 {
@@ -430,7 +420,7 @@ async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it()
         .arg("breaker")
         .arg("release")
         .arg("--config")
-        .arg(write_config(&labeler))
+        .arg(labeler.cli_config())
         .output()
         .unwrap();
     assert!(
@@ -444,18 +434,6 @@ async fn the_breaker_holds_a_wave_of_withdrawals_until_an_operator_releases_it()
         negated.insert(l.uri);
     }
     labeler.stop().await;
-}
-
-/// The labeler's config as a file, for the CLI.
-fn write_config(labeler: &TestLabeler) -> std::path::PathBuf {
-    let c = &labeler.config;
-    let path = labeler.dir.join("cli-config.json");
-    let text = json!({
-        "stateDir": c.state_dir,
-        "signingKeyPath": c.signing_key_path,
-    });
-    std::fs::write(&path, text.to_string()).unwrap();
-    path
 }
 
 #[tokio::test]
@@ -480,9 +458,7 @@ async fn the_zones_authoritative_servers_confirm_when_no_second_resolver_is_conf
     .await;
     let mut sub = labeler.subscribe("").await;
     let did = "did:plc:authoritative";
-    good_in_both(&world.dns, &auth, "auth.test", did);
-    world.account(did);
-    world.publish(did, "r1", &World::record("auth.test", &["default"]));
+    good_operator_in_both(&world, &auth, did, "auth.test");
     assert_eq!(sub.next_label().await.1.neg, None);
 
     // The resolver alone says DMARC is gone: the zone's server disagrees, nothing happens.

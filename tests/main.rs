@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+mod browser;
 mod cli;
 mod common;
+mod console;
 mod crash;
 mod dns;
 mod health;
@@ -14,6 +16,7 @@ mod hostile;
 mod identity;
 mod jetstream;
 mod lexicons;
+mod lifecycle;
 mod limits;
 mod mirror;
 mod operator;

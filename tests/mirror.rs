@@ -273,6 +273,27 @@ async fn a_mirror_refuses_a_flipped_signature_and_a_foreign_src_and_stores_the_r
         body["message"].as_str().unwrap().contains(key.did_key()),
         "{body}"
     );
+    // Nor does it re-check or preflight: no manager, no DNS work for strangers.
+    let http = reqwest::Client::new();
+    let recheck = http
+        .post(format!("{}/xrpc/email.atmos.requestVerification", m.base()))
+        .json(&serde_json::json!({"did": "did:plc:seed000001"}))
+        .send()
+        .await
+        .unwrap();
+    let preflight = http
+        .get(format!(
+            "{}/xrpc/email.atmos.checkDomain?domain=op.test&did=did:plc:seed000001&selector=s1",
+            m.base()
+        ))
+        .send()
+        .await
+        .unwrap();
+    for resp in [recheck, preflight] {
+        assert_eq!(resp.status(), 501, "{}", resp.url());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "MethodNotImplemented", "{body}");
+    }
     upstream.stop().await;
 }
 

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use atmos_labeler::label::{Label, SignedLabel};
+use atmos_labeler::label::Label;
 use serde_json::{Value, json};
 
-use crate::common::server::{TestServer, key, label, options, seed, verify};
+use crate::common::server::{TestServer, key, label, options, seed, signed_from_json, verify};
 use crate::common::{label_vectors, vector_label};
 
 const PATH: &str = "/xrpc/com.atproto.label.queryLabels";
@@ -33,7 +33,6 @@ fn check_shape(body: &Value) {
         assert!(c.is_string(), "{body}");
     }
     for l in body["labels"].as_array().unwrap() {
-        let s = |k: &str| l.get(k).and_then(Value::as_str).map(str::to_owned);
         assert_eq!(l["ver"], 1);
         assert_ne!(
             l.get("neg"),
@@ -42,21 +41,7 @@ fn check_shape(body: &Value) {
         );
         let sig_b64 = l["sig"]["$bytes"].as_str().unwrap();
         assert!(!sig_b64.ends_with('='), "unpadded base64");
-        let sig = data_encoding::BASE64_NOPAD
-            .decode(sig_b64.as_bytes())
-            .unwrap();
-        let signed = SignedLabel {
-            label: Label {
-                src: s("src").unwrap(),
-                uri: s("uri").unwrap(),
-                cid: s("cid"),
-                val: s("val").unwrap(),
-                neg: l.get("neg") == Some(&json!(true)),
-                cts: s("cts").unwrap(),
-                exp: s("exp"),
-            },
-            sig: sig.as_slice().try_into().unwrap(),
-        };
+        let signed = signed_from_json(l);
         verify(&signed);
     }
 }

@@ -243,6 +243,7 @@ async fn get_verification_reports_attestations_and_labels() {
                 {"name": "spf", "subject": "mail.example.com", "outcome": "pass", "reason": "ok"},
                 {"name": "dmarc", "outcome": "pass", "reason": "p=reject"}
             ],
+            "history": [{"verdict": "pass", "at": "2026-09-21T14:13:20.123Z"}],
         })
     );
     // An unreadable report degrades to no checks rather than failing the request.
@@ -258,7 +259,7 @@ async fn get_verification_reports_attestations_and_labels() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        json!({"did": "did:plc:unknown", "attestations": [], "labels": [], "refused": []})
+        json!({"did": "did:plc:unknown", "verified": false, "attestations": [], "labels": [], "refused": []})
     );
     s.expect_error("/xrpc/email.atmos.getVerification", 400, "InvalidRequest")
         .await;

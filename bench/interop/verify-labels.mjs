@@ -1,9 +1,11 @@
 // Checks a running labeler the way an atproto consumer does, with the official libraries:
 // every label from queryLabels (JSON) and from a subscribeLabels backfill (DAG-CBOR frames) is
 // re-encoded without `sig` by @ipld/dag-cbor and verified with @atproto/crypto against the
-// `src` did:key (default verifier settings: low-S, compact signatures only).
+// `src` did:key (default verifier settings: low-S, compact signatures only), or against the
+// did:key given with `--key` (a labeler whose src is a did:plc or did:web: the key its DID
+// document names, e.g. the one `labeler key rotate` printed).
 //
-//   node bench/interop/verify-labels.mjs http://127.0.0.1:8081
+//   node bench/interop/verify-labels.mjs http://127.0.0.1:8081 [--key did:key:zQ3s…]
 //
 // Needs `npm install --prefix bench/peer @atproto/api @atproto/crypto @ipld/dag-cbor cborg ws`
 // (git-ignored).
@@ -18,15 +20,19 @@ const cbor = await import(new URL("../peer/node_modules/@ipld/dag-cbor/src/index
 const cborg = await import(new URL("../peer/node_modules/cborg/cborg.js", import.meta.url));
 const WebSocket = require("ws");
 
-const base = process.argv[2] ?? "http://127.0.0.1:8081";
+const args = process.argv.slice(2);
+const keyAt = args.indexOf("--key");
+const key = keyAt >= 0 ? args.splice(keyAt, 2)[1] : undefined;
+const base = args[0] ?? "http://127.0.0.1:8081";
 const fromB64 = (s) => new Uint8Array(Buffer.from(s, "base64"));
 let failures = 0;
 
 async function check(label, where) {
   const { sig, ...unsigned } = label;
-  if (!label.src.startsWith("did:key:")) throw new Error(`${where}: src ${label.src} is not a did:key`);
+  const signer = key ?? label.src;
+  if (!signer.startsWith("did:key:")) throw new Error(`${where}: src ${label.src} is not a did:key; pass --key`);
   if ("neg" in unsigned && unsigned.neg === false) throw new Error(`${where}: neg:false must be omitted`);
-  const ok = await verifySignature(label.src, cbor.encode(unsigned), sig);
+  const ok = await verifySignature(signer, cbor.encode(unsigned), sig);
   if (!ok) {
     failures++;
     console.error(`${where}: signature does not verify: ${JSON.stringify(unsigned)}`);

@@ -5,6 +5,7 @@
 //! ```text
 //! flock /tmp/atmos-bench.lock cargo bench --bench faults -- crash
 //! flock /tmp/atmos-bench.lock cargo bench --bench faults -- soak              # 10 minutes
+//! flock /tmp/atmos-bench.lock cargo bench --bench faults -- hostile           # time-to-label
 //! cargo bench --bench faults -- soak --minutes 2                              # developing
 //! cargo bench --bench faults -- crash --seed 42 --attestations 1000 --kills 5 --rate 100
 //! ```
@@ -44,6 +45,7 @@ mod procfs;
 mod checks;
 mod crash;
 mod harness;
+mod hostile;
 mod rows;
 mod soak;
 
@@ -59,6 +61,7 @@ use anyhow::{Context, bail};
 pub enum Mode {
     Crash,
     Soak,
+    Hostile,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +109,10 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         match arg.as_str() {
             "crash" => mode = Some(Mode::Crash),
             "soak" => mode = Some(Mode::Soak),
+            "hostile" => {
+                mode = Some(Mode::Hostile);
+                a.attestations = 200;
+            }
             "--seed" => a.seed = value("--seed")?.parse().context("--seed")?,
             "--attestations" => {
                 a.attestations = value("--attestations")?.parse().context("--attestations")?;
@@ -134,13 +141,13 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             // `cargo bench` passes `--bench`.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; usage: faults crash|soak [--seed N] [--attestations N] \
+                "unknown argument {other:?}; usage: faults crash|soak|hostile [--seed N] [--attestations N] \
                  [--kills N] [--rate PER_S] [--minutes N] [--subscribers N] [--query-clients N] \
                  [--query-interval-ms MS] [--reverify DURATION] [--preload N] [--keep]"
             ),
         }
     }
-    a.mode = mode.context("say which run: `faults crash` or `faults soak`")?;
+    a.mode = mode.context("say which run: `faults crash`, `faults soak` or `faults hostile`")?;
     if a.rate <= 0.0 || a.minutes <= 0.0 || a.attestations == 0 {
         bail!("--rate, --minutes and --attestations must be positive");
     }
@@ -165,6 +172,7 @@ fn main() -> ExitCode {
         match args.mode {
             Mode::Crash => crash::run(&args).await,
             Mode::Soak => soak::run(&args).await,
+            Mode::Hostile => hostile::run(&args).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -3,7 +3,7 @@
 //! <https://atproto.com/specs/label> "Signature Verification": a label's `src` names the
 //! labeler, whose DID document's `#atproto_label` verification method holds the key; "if the
 //! signature does not validate, the DID should be re-resolved (bypassing any cache) in case
-//! the key was rotated" (`docs/labels-protocol.md` §2.6). A did:key is its own key and is
+//! the key was rotated" (`docs/protocol.md` §8). A did:key is its own key and is
 //! never re-resolved; did:plc and did:web documents come through [`identity::Resolver`].
 //!
 //! Re-resolving is done at most once per batch of labels, and after a re-resolution that

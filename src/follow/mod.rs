@@ -1,7 +1,7 @@
 //! Mirror mode's follower: subscribes to an upstream labeler's `subscribeLabels` stream,
 //! checks every label against the upstream's key, and stores the good ones under the
 //! upstream's seqs, so that this process serves the same labels, the same pages and the same
-//! cursors as the primary (`docs/architecture.md` §5.10; issue 14).
+//! cursors as the primary (`docs/protocol.md` §8).
 //!
 //! The atproto label stream already is a replication protocol: signed, ordered, resumable
 //! (<https://atproto.com/specs/label>, <https://atproto.com/specs/event-stream>). A mirror

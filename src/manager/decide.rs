@@ -31,6 +31,7 @@ pub(super) fn note_report(did: &str, domain: &str, outcome: Outcome, reason: Str
             subject: None,
             outcome,
             reason,
+            fix: None,
         }],
         confirmed_by: None,
         notes: Vec::new(),

@@ -513,25 +513,10 @@ impl Shared {
             && report.verdict != Outcome::Pass
             && self.guard.resolver_degraded().await.is_some();
         let mut hold = None;
-        if standing {
+        if let Some(p) = prev.filter(|p| p.standing) {
             self.guard.observe_recheck(did, rkey);
-            let now = self.options.clock.now_ms();
-            let next = advance(
-                prev,
-                report.verdict,
-                report.relay_member(),
-                now,
-                0.5,
-                &self.options,
-                degraded,
-            );
-            if !next.standing {
-                hold = self
-                    .guard
-                    .allow_withdrawal(did, rkey, &record.domain)
-                    .await
-                    .err();
-            }
+            let (outcome, relay) = (report.verdict, report.relay_member());
+            hold = self.hold(p, outcome, relay, degraded).await;
         }
         Ok(Plan::Checked(Box::new(Verified {
             record,
@@ -541,6 +526,35 @@ impl Shared {
             degraded,
             account,
         })))
+    }
+
+    /// Whether the guard holds the withdrawal that `outcome` would make of the standing
+    /// attestation `prev`: `Some(why)` to hold it, `None` when it stays standing anyway or the
+    /// withdrawal may be signed.
+    async fn hold(
+        &self,
+        prev: &Attestation,
+        outcome: Outcome,
+        relay: bool,
+        degraded: bool,
+    ) -> Option<String> {
+        let now = self.options.clock.now_ms();
+        let next = advance(
+            Some(prev),
+            outcome,
+            relay,
+            now,
+            0.5,
+            &self.options,
+            degraded,
+        );
+        if next.standing {
+            return None;
+        }
+        self.guard
+            .allow_withdrawal(&prev.did, &prev.rkey, &prev.domain)
+            .await
+            .err()
     }
 
     /// Runs the checks; a failure is looked at again without caches, then confirmed through
@@ -747,27 +761,13 @@ impl Shared {
         // labels are withheld already; nothing to guard.)
         let mut hold = None;
         let inactive = account.as_ref().is_some_and(|a| !a.active);
+        // An unreachable PDS may be the labeler's own network failing: then its resolver
+        // fails its canaries too, and staleness does not advance.
+        let mut degraded = false;
         if a.standing && !inactive {
-            let now = self.options.clock.now_ms();
-            let next = advance(
-                Some(a),
-                Outcome::CouldNotDecide,
-                false,
-                now,
-                0.5,
-                &self.options,
-                false,
-            );
-            if !next.standing {
-                hold = self
-                    .guard
-                    .allow_withdrawal(did, rkey, &a.domain)
-                    .await
-                    .err();
-                if let Some(h) = &hold {
-                    report.notes.push(h.clone());
-                }
-            }
+            degraded = self.guard.resolver_degraded().await.is_some();
+            hold = self.hold(a, Outcome::CouldNotDecide, false, degraded).await;
+            report.notes.extend(hold.clone());
         }
         let record = Record {
             domain: a.domain.clone(),
@@ -779,7 +779,7 @@ impl Shared {
             relay: false,
             report,
             hold,
-            degraded: false,
+            degraded,
         };
         self.store_round(
             did,

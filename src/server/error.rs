@@ -49,6 +49,31 @@ pub(crate) enum XrpcError {
     /// The request body is larger than any method here accepts (413).
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// A procedure called with another verb (400 `InvalidRequest`).
+    #[error("Incorrect HTTP method ({0}) expected POST")]
+    ExpectedPost(Method),
+    /// A client spent its budget for this method, or a DID was asked about too recently (429
+    /// `RateLimitExceeded` with `Retry-After`).
+    #[error("{message}")]
+    RateLimitExceeded {
+        /// What was limited, in words.
+        message: String,
+        /// When the next request would pass.
+        retry_after: std::time::Duration,
+    },
+    /// requestVerification for a DID of which the labeler holds no attestation (400
+    /// `UnknownDid`).
+    #[error("{0}")]
+    UnknownDid(String),
+    /// A handle that does not resolve to a DID by DNS (400 `HandleNotFound`).
+    #[error("{0}")]
+    HandleNotFound(String),
+    /// The DNS lookup for a handle failed (502 `UpstreamFailure`).
+    #[error("{0}")]
+    UpstreamFailure(String),
+    /// Every preflight slot is busy (503 `TooManyPreflights` with `Retry-After`).
+    #[error("Too many domain checks are running; retry in a few seconds")]
+    TooManyPreflights,
     /// A failure on our side (500). The cause is logged, never sent.
     #[error("Internal Server Error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -58,9 +83,16 @@ impl XrpcError {
     /// The HTTP status and the XRPC error name.
     fn status_and_name(&self) -> (StatusCode, &'static str) {
         match self {
-            XrpcError::InvalidRequest(_) | XrpcError::WrongMethod(_) => {
-                (StatusCode::BAD_REQUEST, "InvalidRequest")
+            XrpcError::InvalidRequest(_)
+            | XrpcError::WrongMethod(_)
+            | XrpcError::ExpectedPost(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            XrpcError::RateLimitExceeded { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "RateLimitExceeded")
             }
+            XrpcError::UnknownDid(_) => (StatusCode::BAD_REQUEST, "UnknownDid"),
+            XrpcError::HandleNotFound(_) => (StatusCode::BAD_REQUEST, "HandleNotFound"),
+            XrpcError::UpstreamFailure(_) => (StatusCode::BAD_GATEWAY, "UpstreamFailure"),
+            XrpcError::TooManyPreflights => (StatusCode::SERVICE_UNAVAILABLE, "TooManyPreflights"),
             XrpcError::MethodNotImplemented | XrpcError::NotOnMirror(_) => {
                 (StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented")
             }
@@ -99,14 +131,28 @@ impl IntoResponse for XrpcError {
             XrpcError::TooManySubscribers
                 | XrpcError::TooManySubscribersFromClient(_)
                 | XrpcError::ShuttingDown
+                | XrpcError::TooManyPreflights
         ) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
+        if let XrpcError::RateLimitExceeded { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_secs(*retry_after)),
+            );
+        }
         response
     }
+}
+
+/// Whole seconds to wait (RFC 9110 §10.2.3 `Retry-After` is delay-seconds), rounded up so a
+/// client that waits that long is let through, and at least 1.
+pub(crate) fn retry_secs(wait: std::time::Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// A response body with `Content-Type: application/json`.
@@ -128,6 +174,21 @@ mod tests {
         let e = XrpcError::Internal("disk on fire at /var/lib/labeler".into());
         assert_eq!(e.to_string(), "Internal Server Error");
         assert_eq!(e.status_and_name().0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn rate_limits_ask_for_whole_seconds_rounded_up() {
+        use std::time::Duration;
+        assert_eq!(retry_secs(Duration::from_millis(59_001)), 60);
+        assert_eq!(retry_secs(Duration::from_secs(60)), 60);
+        assert_eq!(retry_secs(Duration::ZERO), 1);
+        let r = XrpcError::RateLimitExceeded {
+            message: "slow down".to_owned(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

@@ -55,7 +55,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The path of subscribeLabels, the one route that needs the client's address.
 pub(super) const SUBSCRIBE_PATH: &str = "/xrpc/com.atproto.label.subscribeLabels";
 
-/// The TCP peer of a subscribeLabels request, for the per-client subscriber cap.
+/// The TCP peer of a request that counts per client (the subscriber cap, the console's budgets).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Peer(pub(crate) SocketAddr);
 
@@ -184,8 +184,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// The router, serving one connection. Only subscribeLabels requests get the peer address
-/// (as a [`Peer`] extension): inserting it into every request would cost an allocation on
+/// The router, serving one connection. Only subscribeLabels requests and the console's
+/// rate-limited methods get the peer address (as a [`Peer`] extension): inserting it into every request would cost an allocation on
 /// the queryLabels hot path that nothing there reads.
 #[derive(Clone)]
 struct PeerService {
@@ -199,7 +199,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
     type Future = RouteFuture<Infallible>;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        if req.uri().path() == SUBSCRIBE_PATH {
+        let path = req.uri().path();
+        if path == SUBSCRIBE_PATH || super::console::needs_peer(path) {
             req.extensions_mut().insert(Peer(self.peer));
         }
         // A `Router` is always ready (its `poll_ready` returns `Ready` unconditionally), so

@@ -1,6 +1,7 @@
 //! The XRPC server: `com.atproto.label.queryLabels` (HTTP), `com.atproto.label.subscribeLabels`
-//! (WebSocket), the operator's `email.atmos.getVerification`, `/xrpc/_health`, the did:web
-//! document and `/metrics`.
+//! (WebSocket), the operator's `email.atmos.getVerification`, `requestVerification`,
+//! `checkDomain` and `describeLabeler` with the console page at `/`, `/xrpc/_health`, the
+//! did:web document and `/metrics`.
 //!
 //! Specs implemented: <https://atproto.com/specs/xrpc> (errors, parameters, unknown methods → 501),
 //! <https://atproto.com/specs/event-stream> (framing, cursors, errors), <https://atproto.com/specs/label> (label
@@ -11,8 +12,11 @@
 //! caps), `limits` (who a client is, per-client counts, `X-Forwarded-For` from trusted
 //! proxies), `query` (queryLabels), `subscribe` (one task per stream subscriber), `live` (the
 //! one task that publishes committed labels to subscribers, and its supervisor), `status`
-//! (health, DID document, metrics, verification state), `error` (the XRPC error enum that
-//! owns every status code), `params` (raw query strings).
+//! (health, DID document, metrics, the attestation view), `error` (the XRPC error enum that
+//! owns every status code), `params` (raw query strings); the operator's console: `console`
+//! (the page, describeLabeler, the console's budgets), `lookup` (getVerification by DID,
+//! handle or domain), `recheck` (requestVerification), `preflight` (checkDomain), `rate`
+//! (per-key request budgets).
 //!
 //! HTTP routes run under a request timeout and a body limit; the WebSocket upgrade returns at
 //! once and its connection lives in its own task outside both. Database work that can take
@@ -20,14 +24,22 @@
 //! (`run_limited`); the health probe has its own. [`Server::run`] owns the live feed and the
 //! shutdown sequence: stop intake, close subscribers with 1001, return within a bounded time.
 
+mod console;
 mod error;
 mod limits;
 mod listen;
 mod live;
+mod lookup;
 mod params;
+mod preflight;
 mod query;
+mod rate;
+mod recheck;
 mod status;
 mod subscribe;
+
+pub use console::ConsoleLimits;
+pub use rate::Rate;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -37,7 +49,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Semaphore, broadcast};
@@ -54,8 +66,8 @@ use crate::telemetry;
 /// Longest an HTTP request may take before it is answered with a timeout error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest request body accepted. Every method here is a GET; this only bounds what a client
-/// can make us read.
+/// Largest request body accepted. The one procedure (requestVerification) takes a DID; this
+/// bounds what a client can make us read.
 const MAX_BODY: usize = 16 * 1024;
 
 /// Requests whose database work runs on the blocking pool at the same time (prefix and
@@ -118,6 +130,8 @@ pub struct Options {
     /// A mirror (`labeler mirror`): it serves the labels of `labeler_did` and nothing of the
     /// labeler's own state, so `getVerification` answers 501 naming that labeler.
     pub mirror: bool,
+    /// Budgets of the console's methods (requestVerification, checkDomain).
+    pub console: ConsoleLimits,
 }
 
 impl Default for Options {
@@ -144,6 +158,7 @@ impl Default for Options {
             header_read_timeout: Duration::from_secs(10),
             health_timeout: Duration::from_secs(2),
             mirror: false,
+            console: ConsoleLimits::default(),
         }
     }
 }
@@ -203,6 +218,8 @@ pub(crate) struct Shared {
     pub(crate) open_connections: metrics::Gauge,
     pub(crate) refused_total: metrics::Counter,
     pub(crate) refused_per_client: metrics::Counter,
+    /// The operator's console: its checker, budgets and preflight slots.
+    pub(crate) console: console::Console,
 }
 
 /// Why the health probe could not read the database.
@@ -215,6 +232,16 @@ pub(crate) enum ProbeError {
 }
 
 impl Shared {
+    /// Refuses a method that needs the labeler's own state (attestations, a manager, a DNS
+    /// checker) on a mirror, which holds only the labels: 501 naming the labeler to ask.
+    pub(crate) fn labeler_only(&self) -> Result<(), XrpcError> {
+        if self.options.mirror {
+            let labeler = self.options.labeler_did.clone().unwrap_or_default();
+            return Err(XrpcError::NotOnMirror(labeler));
+        }
+        Ok(())
+    }
+
     /// The `src` of the labeler's labels: the configured `labelerDid`, or the did:key of the
     /// active signing key (read from the database, so a rotation shows at once). Blocking.
     pub(crate) fn src(&self, store: &Store) -> Result<Option<String>, store::Error> {
@@ -296,6 +323,7 @@ impl Server {
                 subscribers_per_client: PerClient::new(options.max_subscribers_per_ip),
                 connection_slots: permits(options.max_connections),
                 connections_per_client: PerClient::new(options.max_connections_per_ip),
+                console: console::Console::new(&options.console),
                 backfill_slots: Semaphore::new(subscribe::BACKFILL_READERS),
                 query_slots: permits(BLOCKING_QUERIES),
                 probe_slot: permits(1),
@@ -314,6 +342,14 @@ impl Server {
         }
     }
 
+    /// This server with `checker` for the console's preflights (`checkDomain`) and handle
+    /// lookups (`getVerification?handle=`); without one those answer 501. The first checker
+    /// set stays.
+    pub fn with_checker(self, checker: crate::verify::Checker) -> Server {
+        let _ = self.shared.console.checker.set(checker);
+        self
+    }
+
     /// The axum router: every route, the fallbacks and the HTTP layers. Without
     /// [`Server::run`] nothing publishes live labels, so subscribers get backfill only, and
     /// no connection limits apply (they live in the accept loop).
@@ -330,8 +366,23 @@ impl Server {
             )
             .route(
                 "/xrpc/email.atmos.getVerification",
-                get(status::get_verification).fallback(wrong_method),
+                get(lookup::get_verification).fallback(wrong_method),
             )
+            .route(
+                console::REQUEST_VERIFICATION_PATH,
+                post(recheck::request_verification).fallback(wrong_method_post),
+            )
+            .route(
+                console::CHECK_DOMAIN_PATH,
+                get(preflight::check_domain).fallback(wrong_method),
+            )
+            .route(
+                "/xrpc/email.atmos.describeLabeler",
+                get(console::describe_labeler).fallback(wrong_method),
+            )
+            .route("/", get(console::index).fallback(wrong_method))
+            .route("/console.css", get(console::css).fallback(wrong_method))
+            .route("/console.js", get(console::js).fallback(wrong_method))
             .route("/xrpc/_health", get(status::health).fallback(wrong_method))
             .route(
                 "/.well-known/did.json",
@@ -438,6 +489,11 @@ async fn wrong_method(method: Method) -> XrpcError {
     XrpcError::WrongMethod(method)
 }
 
+/// A procedure called with the wrong verb.
+async fn wrong_method_post(method: Method) -> XrpcError {
+    XrpcError::ExpectedPost(method)
+}
+
 /// Anything unrouted: 501 for XRPC methods we do not implement, 404 elsewhere.
 async fn not_found(req: Request) -> XrpcError {
     if req.uri().path().starts_with("/xrpc/") {
@@ -453,6 +509,10 @@ enum Route {
     QueryLabels,
     SubscribeLabels,
     GetVerification,
+    RequestVerification,
+    CheckDomain,
+    DescribeLabeler,
+    Console,
     Health,
     DidDocument,
     Metrics,
@@ -460,10 +520,14 @@ enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 7] = [
+    const ALL: [Route; 11] = [
         Route::QueryLabels,
         Route::SubscribeLabels,
         Route::GetVerification,
+        Route::RequestVerification,
+        Route::CheckDomain,
+        Route::DescribeLabeler,
+        Route::Console,
         Route::Health,
         Route::DidDocument,
         Route::Metrics,
@@ -475,6 +539,10 @@ impl Route {
             "/xrpc/com.atproto.label.queryLabels" => Route::QueryLabels,
             "/xrpc/com.atproto.label.subscribeLabels" => Route::SubscribeLabels,
             "/xrpc/email.atmos.getVerification" => Route::GetVerification,
+            console::REQUEST_VERIFICATION_PATH => Route::RequestVerification,
+            console::CHECK_DOMAIN_PATH => Route::CheckDomain,
+            "/xrpc/email.atmos.describeLabeler" => Route::DescribeLabeler,
+            "/" | "/console.css" | "/console.js" => Route::Console,
             "/xrpc/_health" => Route::Health,
             "/.well-known/did.json" => Route::DidDocument,
             "/metrics" => Route::Metrics,
@@ -487,6 +555,10 @@ impl Route {
             Route::QueryLabels => "com.atproto.label.queryLabels",
             Route::SubscribeLabels => "com.atproto.label.subscribeLabels",
             Route::GetVerification => "email.atmos.getVerification",
+            Route::RequestVerification => "email.atmos.requestVerification",
+            Route::CheckDomain => "email.atmos.checkDomain",
+            Route::DescribeLabeler => "email.atmos.describeLabeler",
+            Route::Console => "console",
             Route::Health => "_health",
             Route::DidDocument => "did.json",
             Route::Metrics => "metrics",
@@ -496,7 +568,7 @@ impl Route {
 }
 
 /// Status label values; statuses outside the list count as "other".
-const STATUSES: [(u16, &str); 13] = [
+const STATUSES: [(u16, &str); 14] = [
     (101, "101"),
     (200, "200"),
     (400, "400"),
@@ -507,6 +579,7 @@ const STATUSES: [(u16, &str); 13] = [
     (429, "429"),
     (500, "500"),
     (501, "501"),
+    (502, "502"),
     (503, "503"),
     (504, "504"),
     (0, "other"),

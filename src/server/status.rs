@@ -1,16 +1,16 @@
-//! The operational endpoints: `/xrpc/_health`, `/.well-known/did.json`, `/metrics` and
-//! `email.atmos.getVerification` (docs/protocol.md §3.2, §7).
+//! The operational endpoints: `/xrpc/_health`, `/.well-known/did.json`, `/metrics`, and the
+//! attestation view of `email.atmos.getVerification` (served by `lookup`; docs/protocol.md
+//! §3.2, §7).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::error::{XrpcError, json_body};
-use super::params;
 use super::{ProbeError, Shared};
 use crate::health;
 use crate::label::format_datetime;
@@ -269,75 +269,8 @@ pub(crate) async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Respons
     Ok(response)
 }
 
-/// `GET /xrpc/email.atmos.getVerification?did=<did>`: the latest verification state of each
-/// of the DID's attestations and the labels this labeler holds on it. An unknown DID is not an
-/// error: both arrays are empty.
-pub(crate) async fn get_verification(
-    State(shared): State<Arc<Shared>>,
-    uri: Uri,
-) -> Result<Response, XrpcError> {
-    if shared.options.mirror {
-        let upstream = shared.options.labeler_did.clone().unwrap_or_default();
-        return Err(XrpcError::NotOnMirror(upstream));
-    }
-    let mut did = None;
-    for pair in params::pairs(uri.query().unwrap_or("")) {
-        let (key, value) = pair?;
-        if key == "did" {
-            did = Some(value.into_owned());
-        }
-    }
-    let did = did.ok_or_else(|| {
-        XrpcError::InvalidRequest("Error: Params must have the property \"did\"".to_owned())
-    })?;
-    if !crate::syntax::is_did(&did) {
-        let shown: String = did.chars().take(100).collect();
-        return Err(XrpcError::InvalidRequest(format!(
-            "did must be a DID; got {shown:?}"
-        )));
-    }
-    let subject = did.clone();
-    let state = shared.clone();
-    let (attestations, labels, refusals) = shared
-        .blocking(move |s| {
-            let labels = match state.src(s)? {
-                Some(src) => s.current_labels(&src, &subject)?,
-                None => Vec::new(),
-            };
-            Ok((
-                s.attestations_for(&subject)?,
-                labels,
-                s.refusals_for(&subject)?,
-            ))
-        })
-        .await?;
-    let refused: Vec<Value> = refusals
-        .iter()
-        .map(|r| {
-            json!({
-                "uri": format!("at://{did}/{ATTESTATION_NSID}/{}", r.rkey),
-                "reason": r.reason,
-                "refusedAt": datetime_ms(r.at_ms),
-            })
-        })
-        .collect();
-    let attestations: Vec<Value> = attestations.iter().map(attestation_json).collect();
-    let labels: Vec<Value> = labels
-        .iter()
-        .map(|l| serde_json::to_value(&l.signed))
-        .collect::<Result<_, _>>()
-        .map_err(|e| XrpcError::Internal(Box::new(e)))?;
-    let body = json!({
-        "did": did,
-        "attestations": attestations,
-        "labels": labels,
-        "refused": refused,
-    });
-    Ok(json_body(body.to_string()))
-}
-
 /// One attestation's state in the getVerification output.
-fn attestation_json(a: &Attestation) -> Value {
+pub(super) fn attestation_json(a: &Attestation) -> Value {
     let mut v = json!({
         "uri": format!("at://{}/{ATTESTATION_NSID}/{}", a.did, a.rkey),
         "domain": a.domain,
@@ -381,7 +314,7 @@ fn stored_report(a: &Attestation) -> serde_json::Map<String, Value> {
 
 /// Unix milliseconds as an atproto datetime (`2026-11-20T10:00:00.000Z`); times before 1970
 /// are clamped to the epoch.
-fn datetime_ms(ms: i64) -> String {
+pub(super) fn datetime_ms(ms: i64) -> String {
     let ms = u64::try_from(ms).unwrap_or(0);
     format_datetime(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }

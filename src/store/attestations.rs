@@ -171,7 +171,7 @@ pub struct Committed {
     pub labels: Vec<StoredLabel>,
 }
 
-fn attestation_from_row(r: &Row<'_>) -> rusqlite::Result<Attestation> {
+pub(super) fn attestation_from_row(r: &Row<'_>) -> rusqlite::Result<Attestation> {
     let selectors: String = r.get(3)?;
     let selectors: Vec<String> = serde_json::from_str(&selectors).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
@@ -205,7 +205,7 @@ fn attestation_from_row(r: &Row<'_>) -> rusqlite::Result<Attestation> {
     })
 }
 
-const ATTESTATION_COLUMNS: &str = "did, rkey, domain, selectors, record_cid, rev, created_at, \
+pub(super) const ATTESTATION_COLUMNS: &str = "did, rkey, domain, selectors, record_cid, rev, created_at, \
      first_seen_ms, verdict, standing, relay_member, report, checked_ms, last_definitive_ms, \
      consecutive_failures, consecutive_undecided, next_check_ms";
 
@@ -303,11 +303,13 @@ impl Store {
             Err(e) => return Ok(Err(e)),
         };
         for a in &changes.put {
+            super::console::note_verdict(&tx, state.attestation(&a.rkey), a)?;
             put_attestation(&tx, a)?;
         }
         for rkey in &changes.delete {
             tx.prepare_cached("DELETE FROM attestations WHERE did = ?1 AND rkey = ?2")?
                 .execute(params![did, rkey])?;
+            super::console::forget_history(&tx, did, rkey)?;
         }
         for r in &changes.revs {
             tx.prepare_cached(

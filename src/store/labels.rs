@@ -213,12 +213,38 @@ impl Store {
     /// active key (or none be recorded); afterwards `active` is, and any other is retired.
     /// Every process that signs checks the active key in its own transactions, so once this
     /// commits nothing is signed with a retired key.
+    ///
+    /// The signing is done before the write transaction, on every core, from a snapshot, so
+    /// the write lock is held only for the writes (other writers, such as a running daemon,
+    /// wait at most that long). Labels that changed between the snapshot and the transaction
+    /// are rewritten inside it, from what is current then.
     pub fn rewrite_labels(
         &self,
         expected: &str,
         active: &str,
-        mut rewrite: impl FnMut(&StoredLabel) -> Vec<SignedLabel>,
+        rewrite: impl Fn(&StoredLabel) -> Vec<SignedLabel> + Sync,
     ) -> Result<Rewritten, Error> {
+        let snapshot = self.read(|c| {
+            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM labels ORDER BY seq"))?;
+            collect_rows(&mut stmt, [])
+        })?;
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let chunk = snapshot.len().div_ceil(threads).max(1);
+        let prepared: Vec<(i64, Vec<SignedLabel>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = snapshot
+                .chunks(chunk)
+                .map(|part| {
+                    let rewrite = &rewrite;
+                    scope
+                        .spawn(move || part.iter().map(|l| (l.seq, rewrite(l))).collect::<Vec<_>>())
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Some(current) = active_key_in(&tx)?
@@ -229,13 +255,20 @@ impl Store {
         let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM labels ORDER BY seq"))?;
         let current = collect_rows(&mut stmt, [])?;
         drop(stmt);
+        let prepared: std::collections::HashMap<i64, Vec<SignedLabel>> =
+            prepared.into_iter().collect();
         let mut done = Rewritten {
             read: current.len(),
             written: 0,
         };
         for l in &current {
-            for next in rewrite(l) {
-                put_label(&tx, &next)?;
+            // A row written since the snapshot is rewritten from what it is now.
+            let next = match prepared.get(&l.seq) {
+                Some(next) => next.clone(),
+                None => rewrite(l),
+            };
+            for n in &next {
+                put_label(&tx, n)?;
                 done.written += 1;
             }
         }

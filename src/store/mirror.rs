@@ -3,7 +3,7 @@
 //!
 //! Keeping the upstream's seq is what makes cursors interchangeable: a consumer holding a
 //! cursor from the primary can resume from any mirror (or a mirror from another mirror) and
-//! receive exactly the labels after it (`docs/architecture.md` §5.10, issue 14). The rows are
+//! receive exactly the labels after it (`docs/protocol.md` §8). The rows are
 //! the same rows the primary holds, so the backfill from any cursor, the live feed and
 //! queryLabels pages are the same bytes everywhere.
 //!

@@ -16,6 +16,7 @@
 //! blocking pool so the runtime's workers never wait on disk or locks.
 
 mod attestations;
+mod console;
 mod labels;
 mod mirror;
 mod schema;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 pub use attestations::{
     Account, Attestation, Changes, Committed, DidState, MAX_REFUSALS, RecordRev, Refusal,
 };
+pub use console::{HISTORY_KEPT, VerdictChange};
 pub use labels::{LabelQuery, Rewritten, StoredLabel, UriPattern, Watcher};
 
 /// How long a connection waits for another writer (e.g. the `label` CLI) before failing.

@@ -122,6 +122,22 @@ const MIGRATIONS: &[&str] = &[
     UPDATE labels SET exp_ms = CAST(unixepoch(exp, 'subsec') * 1000 AS INTEGER)
         WHERE exp IS NOT NULL;
     "#,
+    // v5: the operator's console. Attestations by domain (getVerification?domain=, for relays
+    // that know only the envelope domain), and each attestation's verdict changes (the newest
+    // few; the store prunes the rest).
+    r#"
+    CREATE INDEX attestations_domain ON attestations (domain);
+    CREATE TABLE verdict_history (
+        id INTEGER PRIMARY KEY,
+        did TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX verdict_history_attestation ON verdict_history (did, rkey, id);
+    "#,
 ];
 
 /// The schema version this build writes.

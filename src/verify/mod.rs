@@ -17,20 +17,24 @@
 use std::future::Future;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
-
 use crate::dns::{self, Answer, Mx};
 use crate::identity;
 
 mod dkim;
 mod dmarc;
 mod domain;
+mod fix;
 mod mx;
+mod report;
 mod spf;
 mod tags;
 
 /// Most DKIM selectors checked for one attestation.
 pub const MAX_SELECTORS: usize = 16;
+
+pub use fix::Fix;
+use report::finish;
+pub use report::{Check, CheckName, Outcome, Report, Vantage, confirm};
 
 /// Checker configuration.
 #[derive(Clone, Debug, Default)]
@@ -38,242 +42,6 @@ pub struct Options {
     /// The relay's SPF include name (lowercase, no trailing dot); when set, reports carry a
     /// [`CheckName::RelayMember`] entry.
     pub relay_spf_include: Option<String>,
-}
-
-/// The outcome of one check, or of a whole report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Checked and good.
-    Pass,
-    /// Checked and definitively bad (NXDOMAIN, NODATA, or a bad record).
-    Fail,
-    /// Not decided: a DNS error, a timeout, an identity service failure.
-    CouldNotDecide,
-}
-
-impl Outcome {
-    /// The wire and database spelling: `pass`, `fail`, `could-not-decide`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::CouldNotDecide => "could-not-decide",
-        }
-    }
-
-    /// Parses [`Outcome::as_str`]'s spelling.
-    pub fn parse(s: &str) -> Option<Outcome> {
-        Some(match s {
-            "pass" => Outcome::Pass,
-            "fail" => Outcome::Fail,
-            "could-not-decide" => Outcome::CouldNotDecide,
-            _ => return None,
-        })
-    }
-
-    fn symbol(self) -> &'static str {
-        match self {
-            Outcome::Pass => "✓",
-            Outcome::Fail => "✗",
-            Outcome::CouldNotDecide => "?",
-        }
-    }
-
-    fn words(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "fail",
-            Outcome::CouldNotDecide => "could not decide",
-        }
-    }
-}
-
-/// Which check an entry is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckName {
-    /// The attestation record itself, as confirmed at the author's PDS. Entries with this
-    /// name are made by the manager (e.g. an invalid or unconfirmable record), never by
-    /// [`Checker::check`].
-    Record,
-    /// `_atproto` TXT (or handle) links the domain to the DID.
-    DomainControl,
-    /// The domain has usable MX hosts.
-    Mx,
-    /// The SPF policy is valid and not permissive.
-    Spf,
-    /// One declared DKIM selector has a good key.
-    Dkim,
-    /// The DMARC policy is enforced.
-    Dmarc,
-    /// The SPF policy includes the relay (informational; not part of the verdict).
-    RelayMember,
-}
-
-impl CheckName {
-    fn as_str(self) -> &'static str {
-        match self {
-            CheckName::Record => "record",
-            CheckName::DomainControl => "domain-control",
-            CheckName::Mx => "mx",
-            CheckName::Spf => "spf",
-            CheckName::Dkim => "dkim",
-            CheckName::Dmarc => "dmarc",
-            CheckName::RelayMember => "relay-member",
-        }
-    }
-}
-
-/// One check's result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Check {
-    /// Which check.
-    pub name: CheckName,
-    /// What it was about when a check runs more than once (the DKIM selector).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub subject: Option<String>,
-    /// The result.
-    pub outcome: Outcome,
-    /// A sentence naming the record and what is right or wrong with it.
-    pub reason: String,
-}
-
-/// The result of checking one attestation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    /// The attesting DID.
-    pub did: String,
-    /// The attested domain.
-    pub domain: String,
-    /// When the check finished ([`crate::label::now_cts`] format).
-    pub checked_at: String,
-    /// Pass only if every check except relay membership passed; fail if any failed;
-    /// otherwise could not decide.
-    pub verdict: Outcome,
-    /// One entry per check (one per DKIM selector).
-    pub checks: Vec<Check>,
-    /// Who confirmed a failure through a second vantage point (e.g. "the resolvers
-    /// 10.0.0.2:53"), when the verdict is a confirmed failure.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub confirmed_by: Option<String>,
-    /// What the labeler did with the verdict beyond the rules, in words (a withdrawal held by
-    /// the breaker, labels withheld because the account is inactive).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub notes: Vec<String>,
-}
-
-impl Report {
-    /// True if the relay-membership entry passed (false when no relay is configured).
-    pub fn relay_member(&self) -> bool {
-        self.checks
-            .iter()
-            .any(|c| c.name == CheckName::RelayMember && c.outcome == Outcome::Pass)
-    }
-
-    /// One line per check (`✓`/`✗`/`?`, the name, the subject, the reason), then the
-    /// verdict line.
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
-        for c in &self.checks {
-            out.push_str(c.outcome.symbol());
-            out.push(' ');
-            out.push_str(c.name.as_str());
-            if let Some(s) = &c.subject {
-                out.push_str(&format!(" ({s})"));
-            }
-            out.push_str(": ");
-            out.push_str(&c.reason);
-            out.push('\n');
-        }
-        out.push_str(&format!(
-            "verdict for {} ({}): {}\n",
-            self.domain,
-            self.did,
-            self.verdict.words()
-        ));
-        out
-    }
-}
-
-/// Where a check's DNS answers come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Vantage {
-    /// The configured resolvers, with their cache: ordinary checks.
-    Cached,
-    /// The configured resolvers, bypassing every cache (DNS and DID documents): a second look
-    /// before a failure is acted on.
-    Fresh,
-    /// The independent path (the `confirmDnsServers`, or each zone's authoritative servers),
-    /// without caches: confirms a failure before a label is withdrawn.
-    Confirm,
-}
-
-/// `first`'s checks, each failure kept only where `second` (the same checks from another
-/// vantage point, `by`) fails it too; a failure the other side does not see becomes "could not
-/// decide", naming both answers. Two vantage points must agree before anything is withdrawn,
-/// as Let's Encrypt's multi-perspective validation requires for issuance.
-pub fn confirm(first: &Report, second: &Report, by: &str) -> Report {
-    let checks: Vec<Check> = first
-        .checks
-        .iter()
-        .map(|c| {
-            if c.outcome != Outcome::Fail {
-                return c.clone();
-            }
-            let other = second
-                .checks
-                .iter()
-                .find(|o| o.name == c.name && o.subject == c.subject);
-            match other {
-                Some(o) if o.outcome == Outcome::Fail => o.clone(),
-                Some(o) => Check {
-                    outcome: Outcome::CouldNotDecide,
-                    reason: format!(
-                        "{}; not confirmed through {by}, which saw: {}",
-                        c.reason, o.reason
-                    ),
-                    ..c.clone()
-                },
-                None => Check {
-                    outcome: Outcome::CouldNotDecide,
-                    reason: format!("{}; not confirmed through {by}", c.reason),
-                    ..c.clone()
-                },
-            }
-        })
-        .collect();
-    let verdict = verdict(&checks);
-    Report {
-        did: first.did.clone(),
-        domain: first.domain.clone(),
-        checked_at: second.checked_at.clone(),
-        verdict,
-        checks,
-        confirmed_by: (verdict == Outcome::Fail).then(|| by.to_owned()),
-        notes: first.notes.clone(),
-    }
-}
-
-/// The verdict over `checks` (see [`Report::verdict`]).
-fn verdict(checks: &[Check]) -> Outcome {
-    let mut relevant = checks
-        .iter()
-        .filter(|c| c.name != CheckName::RelayMember)
-        .peekable();
-    if relevant.peek().is_none() {
-        return Outcome::CouldNotDecide;
-    }
-    let outcomes: Vec<Outcome> = relevant.map(|c| c.outcome).collect();
-    if outcomes.contains(&Outcome::Fail) {
-        Outcome::Fail
-    } else if outcomes.iter().all(|o| *o == Outcome::Pass) {
-        Outcome::Pass
-    } else {
-        Outcome::CouldNotDecide
-    }
 }
 
 /// The DNS questions the checks ask; [`Live`] answers them with [`dns::Resolver`], unit tests
@@ -381,6 +149,7 @@ impl Checker {
                 subject: None,
                 outcome: Outcome::Fail,
                 reason: format!("nothing was checked: {reason}"),
+                fix: None,
             });
             return finish(did, domain, checks);
         }
@@ -390,6 +159,13 @@ impl Checker {
             _ => &self.dns,
         };
         let live = Live { resolver, fresh };
+        let relay = self.relay.as_deref();
+        // Only a DNS answer that failed gets a fix; the early entries are about the record.
+        let fix = |name, subject: Option<&str>, outcome| {
+            (outcome == Outcome::Fail)
+                .then(|| fix::for_check(name, subject, did, domain, relay))
+                .flatten()
+        };
         let (dkim_plan, dkim_early) = plan_selectors(domain, selectors);
         let dkim_checks = dkim_plan.iter().map(|sel| {
             let live = &live;
@@ -411,6 +187,7 @@ impl Checker {
                     subject: Some(sel.clone()),
                     outcome,
                     reason,
+                    fix: fix(CheckName::Dkim, Some(sel), outcome),
                 }
             }
         });
@@ -426,6 +203,7 @@ impl Checker {
             subject: None,
             outcome,
             reason,
+            fix: fix(name, None, outcome),
         };
         checks.push(entry(CheckName::DomainControl, dc, dc_reason));
         checks.push(entry(CheckName::Mx, mx, mx_reason));
@@ -441,23 +219,6 @@ impl Checker {
         tracing::debug!(did, domain, verdict = report.verdict.words(), "checked");
         report
     }
-}
-
-fn finish(did: &str, domain: &str, checks: Vec<Check>) -> Report {
-    Report {
-        did: clip_input(did),
-        domain: clip_input(domain),
-        checked_at: crate::label::now_cts(),
-        verdict: verdict(&checks),
-        checks,
-        confirmed_by: None,
-        notes: Vec::new(),
-    }
-}
-
-/// Inputs are echoed into reports; keep hostile ones bounded.
-fn clip_input(s: &str) -> String {
-    s.chars().take(2048).collect()
 }
 
 /// The relay-membership entry, from the SPF audit.
@@ -535,6 +296,7 @@ fn plan_selectors(domain: &str, selectors: &[String]) -> (Vec<String>, Vec<Check
         subject,
         outcome: Outcome::Fail,
         reason,
+        fix: None,
     };
     if selectors.is_empty() {
         return (
@@ -577,7 +339,7 @@ fn plan_selectors(domain: &str, selectors: &[String]) -> (Vec<String>, Vec<Check
 
 /// Why `domain` cannot be checked: it must be a lowercase LDH A-label host name with at
 /// least two labels and an alphabetic (or `xn--`) top label.
-fn domain_problem(domain: &str) -> Option<&'static str> {
+pub fn domain_problem(domain: &str) -> Option<&'static str> {
     if domain.is_empty() {
         return Some("is empty");
     }
@@ -774,126 +536,6 @@ pub(crate) mod tests {
             .build()
             .unwrap()
             .block_on(f)
-    }
-
-    fn check(name: CheckName, outcome: Outcome) -> Check {
-        Check {
-            name,
-            subject: None,
-            outcome,
-            reason: "r".to_owned(),
-        }
-    }
-
-    #[test]
-    fn any_fail_fails_any_undecided_is_undecided_and_relay_alone_decides_nothing() {
-        use CheckName::*;
-        use Outcome::*;
-        assert_eq!(verdict(&[check(Spf, Pass), check(Mx, Pass)]), Pass);
-        assert_eq!(
-            verdict(&[check(Spf, Pass), check(Mx, CouldNotDecide)]),
-            CouldNotDecide
-        );
-        assert_eq!(
-            verdict(&[check(Spf, Fail), check(Mx, CouldNotDecide)]),
-            Fail
-        );
-        assert_eq!(verdict(&[check(Spf, Pass), check(RelayMember, Fail)]), Pass);
-        assert_eq!(verdict(&[check(RelayMember, Pass)]), CouldNotDecide);
-        assert_eq!(verdict(&[]), CouldNotDecide);
-    }
-
-    #[test]
-    fn a_failure_stands_only_where_the_second_vantage_point_fails_it_too() {
-        use CheckName::*;
-        use Outcome::*;
-        let entry = |name, subject: Option<&str>, outcome, reason: &str| Check {
-            name,
-            subject: subject.map(str::to_owned),
-            outcome,
-            reason: reason.to_owned(),
-        };
-        let report = |checks: Vec<Check>| finish("did:plc:x", "example.test", checks);
-        let first = report(vec![
-            entry(Mx, None, Pass, "mx ok"),
-            entry(Dkim, Some("a"), Fail, "no key at a"),
-            entry(Dmarc, None, Fail, "no DMARC record"),
-        ]);
-        // The other side agrees about DMARC only: DKIM becomes could-not-decide.
-        let second = report(vec![
-            entry(Mx, None, Pass, "mx ok"),
-            entry(Dkim, Some("a"), Pass, "key at a is fine"),
-            entry(Dmarc, None, Fail, "no DMARC record either"),
-        ]);
-        let r = confirm(&first, &second, "the second resolvers");
-        assert_eq!(r.verdict, Fail);
-        assert_eq!(r.confirmed_by.as_deref(), Some("the second resolvers"));
-        assert_eq!(r.checks[1].outcome, CouldNotDecide);
-        assert!(
-            r.checks[1]
-                .reason
-                .contains("not confirmed through the second resolvers")
-                && r.checks[1].reason.contains("key at a is fine"),
-            "{}",
-            r.checks[1].reason
-        );
-        assert_eq!(r.checks[2].reason, "no DMARC record either");
-        // Nothing agreed: nothing fails, nothing is confirmed.
-        let healthy = report(vec![
-            entry(Mx, None, Pass, "mx ok"),
-            entry(Dkim, Some("a"), Pass, "fine"),
-            entry(Dmarc, None, CouldNotDecide, "timed out"),
-        ]);
-        let r = confirm(&first, &healthy, "x");
-        assert_eq!(r.verdict, CouldNotDecide);
-        assert_eq!(r.confirmed_by, None);
-    }
-
-    #[test]
-    fn reports_render_as_json_and_text() {
-        let report = Report {
-            did: "did:plc:x".to_owned(),
-            domain: "example.test".to_owned(),
-            checked_at: "2026-01-01T00:00:00.000Z".to_owned(),
-            verdict: Outcome::CouldNotDecide,
-            checks: vec![
-                Check {
-                    name: CheckName::DomainControl,
-                    subject: None,
-                    outcome: Outcome::Pass,
-                    reason: "ok".to_owned(),
-                },
-                Check {
-                    name: CheckName::Dkim,
-                    subject: Some("sel1".to_owned()),
-                    outcome: Outcome::CouldNotDecide,
-                    reason: "timed out".to_owned(),
-                },
-                Check {
-                    name: CheckName::RelayMember,
-                    subject: None,
-                    outcome: Outcome::Fail,
-                    reason: "no".to_owned(),
-                },
-            ],
-            confirmed_by: None,
-            notes: Vec::new(),
-        };
-        let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["checkedAt"], "2026-01-01T00:00:00.000Z");
-        assert_eq!(json["verdict"], "could-not-decide");
-        assert_eq!(json["checks"][0]["name"], "domain-control");
-        assert!(json["checks"][0].get("subject").is_none());
-        assert_eq!(json["checks"][1]["subject"], "sel1");
-        assert_eq!(json["checks"][2]["name"], "relay-member");
-        let back: Report = serde_json::from_value(json).unwrap();
-        assert_eq!(back, report);
-        assert!(!report.relay_member());
-        let text = report.render_text();
-        assert_eq!(
-            text,
-            "✓ domain-control: ok\n? dkim (sel1): timed out\n✗ relay-member: no\nverdict for example.test (did:plc:x): could not decide\n"
-        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub fn tuning(config: &Config) -> Tuning {
     t.jetstream.backoff_max = Duration::from_millis(100);
     t.jetstream.checkpoint_every = Duration::from_millis(50);
     t.scheduler.max_sleep = Duration::from_millis(100);
+    t.scheduler.external_poll = Some(Duration::from_millis(50));
     t.server.poll_interval = Duration::from_millis(20);
     t
 }
@@ -294,6 +295,31 @@ impl TestLabeler {
             self.addr
         ))
         .await
+    }
+
+    /// A subscribeLabels client that does not check signatures against the test key.
+    pub async fn subscribe_unverified(&self, query: &str) -> Subscriber {
+        Subscriber::connect_unverified(&format!(
+            "ws://{}/xrpc/com.atproto.label.subscribeLabels?{query}",
+            self.addr
+        ))
+        .await
+    }
+
+    /// A config file for the `labeler` CLI on this labeler's state (state directory, key and
+    /// labelerDid; the daemon itself runs in-process with [`Config`]).
+    pub fn cli_config(&self) -> PathBuf {
+        let c = &self.config;
+        let path = self.dir.join("cli-config.json");
+        let mut text = json!({
+            "stateDir": c.state_dir,
+            "signingKeyPath": c.signing_key_path,
+        });
+        if let Some(did) = &c.labeler_did {
+            text["labelerDid"] = json!(did);
+        }
+        std::fs::write(&path, text.to_string()).unwrap();
+        path
     }
 
     /// The labeler's database, for invariant checks.

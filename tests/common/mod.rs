@@ -67,6 +67,8 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+pub mod browser;
+pub mod console;
 pub mod daemon;
 pub mod dns;
 pub mod metrics;
