@@ -13,7 +13,7 @@
 //!   ([`Store::write_mirrored`]); a restarted or killed mirror resumes exactly there.
 //! - **Verify.** A label is stored only if its `src` is the upstream DID and its signature
 //!   verifies against that DID's `#atproto_label` key; on a bad signature the DID is
-//!   re-resolved once (a rotation) before the label is refused ([`key`]). A refused label is
+//!   re-resolved once (a rotation) before the label is refused (`key.rs`). A refused label is
 //!   logged with its seq and counted (`labeler_mirror_labels_refused_total`), never stored
 //!   or served, and following goes on.
 //! - **Errors from the upstream.** `FutureCursor` means the upstream has lost history this
