@@ -274,15 +274,7 @@ pub async fn start(
         source,
     })?;
 
-    let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
-    let identity = identity::Resolver::new(
-        identity::Options {
-            plc_url: config.plc_url.clone(),
-            allow_private_addresses: config.allow_private_addresses,
-            timeout: HTTP_TIMEOUT,
-        },
-        dns.clone(),
-    )?;
+    let (dns, identity) = resolvers(config)?;
     // The independent path that must confirm a failure before a label is withdrawn.
     let confirm = if config.confirm_dns_servers.is_empty() {
         dns::Resolver::authoritative(&dns, config.dns_timeout, tuning.authoritative_dns_port)
@@ -410,6 +402,20 @@ impl MirrorTuning {
     }
 }
 
+/// The configured DNS resolver and the DID / PDS resolver that uses it.
+fn resolvers(config: &Config) -> Result<(dns::Resolver, identity::Resolver), Error> {
+    let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
+    let identity = identity::Resolver::new(
+        identity::Options {
+            plc_url: config.plc_url.clone(),
+            allow_private_addresses: config.allow_private_addresses,
+            timeout: HTTP_TIMEOUT,
+        },
+        dns.clone(),
+    )?;
+    Ok((dns, identity))
+}
+
 /// Starts a mirror on `listener`: the XRPC server over its own database and the follower
 /// that fills it from the upstream (`labeler mirror`). It never loads a signing key, never
 /// follows Jetstream and never checks a domain; of the config it uses `listenAddr` (through
@@ -436,15 +442,7 @@ pub async fn start_mirror(
         addr: config.listen_addr,
         source,
     })?;
-    let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
-    let identity = identity::Resolver::new(
-        identity::Options {
-            plc_url: config.plc_url.clone(),
-            allow_private_addresses: config.allow_private_addresses,
-            timeout: HTTP_TIMEOUT,
-        },
-        dns,
-    )?;
+    let (_, identity) = resolvers(config)?;
     let health = Health::new();
     let did = tuning.follow.did.clone();
     let upstream = tuning.follow.upstream.clone();

@@ -31,3 +31,4 @@ pub mod store;
 pub mod syntax;
 pub mod telemetry;
 pub mod verify;
+pub(crate) mod wsclient;

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use reqwest::Url;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use self::key::{Refusal, UpstreamKey};
@@ -52,6 +52,7 @@ use crate::identity;
 use crate::label::SignedLabel;
 use crate::store::{Store, StoredLabel};
 use crate::telemetry::{self, Chain};
+use crate::wsclient::Ws;
 
 /// The subscribeLabels path (<https://atproto.com/specs/xrpc>).
 const SUBSCRIBE_PATH: &str = "/xrpc/com.atproto.label.subscribeLabels";
@@ -332,9 +333,6 @@ impl Follower {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The upstream's subscribeLabels URL from its base URL: `http(s)` becomes `ws(s)`, and an
 /// origin gets the XRPC path.
 fn subscribe_url(base: &str) -> Result<Url, Error> {
@@ -371,29 +369,14 @@ fn subscribe_url(base: &str) -> Result<Url, Error> {
 
 /// Opens the WebSocket. `Ok(None)` on shutdown.
 async fn connect(url: &str, shutdown: &CancellationToken) -> Result<Option<Ws>, String> {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let attempt = tokio::time::timeout(
+    crate::wsclient::connect(
+        url,
+        MAX_MESSAGE_BYTES,
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
-    );
-    tokio::select! {
-        () = shutdown.cancelled() => Ok(None),
-        r = attempt => match r {
-            Err(_) => Err(format!("connecting took longer than {CONNECT_TIMEOUT:?}")),
-            Ok(Err(tungstenite::Error::Http(resp))) => {
-                let body = resp
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
-                    .unwrap_or_default();
-                Err(format!("the upstream refused the subscription: HTTP {} {body}", resp.status()))
-            }
-            Ok(Err(e)) => Err(format!("cannot connect: {e}")),
-            Ok(Ok((ws, _))) => Ok(Some(ws)),
-        }
-    }
+        "the upstream",
+        shutdown,
+    )
+    .await
 }
 
 /// What one turn of the reader's loop woke up for.

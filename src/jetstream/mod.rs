@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_tungstenite::tungstenite::{self, Message, protocol::WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Health};
@@ -359,37 +359,15 @@ impl Client {
         &self,
         url: &str,
         shutdown: &CancellationToken,
-    ) -> Result<
-        Option<
-            tokio_tungstenite::WebSocketStream<
-                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-            >,
-        >,
-        String,
-    > {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let attempt = tokio::time::timeout(
+    ) -> Result<Option<crate::wsclient::Ws>, String> {
+        crate::wsclient::connect(
+            url,
+            MAX_MESSAGE_BYTES,
             CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true),
-        );
-        tokio::select! {
-            _ = shutdown.cancelled() => Ok(None),
-            r = attempt => match r {
-                Err(_) => Err(format!("connecting took longer than {CONNECT_TIMEOUT:?}")),
-                Ok(Err(tungstenite::Error::Http(resp))) => {
-                    let body = resp
-                        .body()
-                        .as_deref()
-                        .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
-                        .unwrap_or_default();
-                    Err(format!("server refused the subscription: HTTP {} {body}", resp.status()))
-                }
-                Ok(Err(e)) => Err(format!("cannot connect: {e}")),
-                Ok(Ok((ws, _))) => Ok(Some(ws)),
-            }
-        }
+            "Jetstream",
+            shutdown,
+        )
+        .await
     }
 
     async fn session<S>(&mut self, mut ws: S, shutdown: &CancellationToken) -> End
