@@ -247,9 +247,7 @@ fn open_conn(path: &Path, reader: bool) -> Result<Connection, Error> {
             true,
         )?;
     } else {
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
+        let mode = wal_mode(&conn).map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
         }
@@ -257,6 +255,25 @@ fn open_conn(path: &Path, reader: bool) -> Result<Connection, Error> {
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Switches to WAL and returns the journal mode now in force. The switch needs an exclusive
+/// lock and SQLite answers `SQLITE_BUSY` at once, without the busy handler, while another
+/// connection creates the same file, so it is retried for up to [`BUSY_TIMEOUT`].
+fn wal_mode(conn: &Connection) -> Result<String, rusqlite::Error> {
+    const PAUSE: Duration = Duration::from_millis(10);
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(PAUSE);
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

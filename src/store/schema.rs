@@ -144,19 +144,26 @@ const MIGRATIONS: &[&str] = &[
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`VERSION`]. Refuses a database written by a newer build.
+///
+/// Several processes may open one database at once (the daemon and `labeler recheck` after an
+/// upgrade, a bench's server and writer): each step takes the write lock first
+/// (`BEGIN IMMEDIATE`) and reads the version under it, so a step another process applied
+/// meanwhile is skipped, never run twice.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if current > VERSION {
-        return Err(Error::TooNew {
-            found: current,
-            supported: VERSION,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > VERSION {
+            return Err(Error::TooNew {
+                found: current,
+                supported: VERSION,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }

@@ -600,3 +600,33 @@ fn expired_labels_are_left_out_of_every_read() {
         .unwrap();
     assert_eq!(visited, live);
 }
+
+#[test]
+fn processes_opening_one_new_database_at_once_each_migrate_it_once() {
+    // Each round: four connections race to create and migrate the same fresh file, as the
+    // daemon and a CLI command can after an upgrade. Every open must succeed.
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let path = dir.path().join(format!("race-{round}.db"));
+        let start = std::sync::Barrier::new(4);
+        let opened: Vec<Result<Store, Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        Store::open(&path)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for o in opened {
+            let store =
+                o.unwrap_or_else(|e| panic!("round {round}: {}", crate::telemetry::Chain(&e)));
+            let version: i64 = store
+                .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(version, schema::VERSION);
+        }
+    }
+}
