@@ -402,6 +402,11 @@ impl MirrorTuning {
     }
 }
 
+/// A mirror's write cache and checkpoint interval (see [`Store::tune_for_bulk_writes`]): its
+/// catch-up is all writes.
+const MIRROR_WRITE_CACHE_MIB: u32 = 64;
+const MIRROR_CHECKPOINT_MIB: u32 = 64;
+
 /// The configured DNS resolver and the DID / PDS resolver that uses it.
 fn resolvers(config: &Config) -> Result<(dns::Resolver, identity::Resolver), Error> {
     let dns = dns::Resolver::new(&config.dns_servers, config.dns_timeout)?;
@@ -437,6 +442,7 @@ pub async fn start_mirror(
     if let Some(key) = store.active_key()? {
         return Err(crate::store::Error::NotAMirror { key }.into());
     }
+    store.tune_for_bulk_writes(MIRROR_WRITE_CACHE_MIB, MIRROR_CHECKPOINT_MIB)?;
     let cursor = store.mirror_cursor()?;
     let addr = listener.local_addr().map_err(|source| Error::Listen {
         addr: config.listen_addr,
