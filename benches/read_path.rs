@@ -42,6 +42,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+#[path = "shared/baseline.rs"]
+mod baseline;
 #[path = "shared/procfs.rs"]
 mod procfs;
 #[path = "shared/seed.rs"]
@@ -78,6 +80,8 @@ enum Target {
     Ours,
     /// `@skyware/labeler` 0.2 under Node.js.
     Peer,
+    /// The bare axum + rusqlite handler on the lean copy (`shared/baseline.rs`).
+    Baseline,
 }
 
 impl Target {
@@ -85,6 +89,7 @@ impl Target {
         match self {
             Target::Ours => "atmos-labeler",
             Target::Peer => "skyware",
+            Target::Baseline => "baseline",
         }
     }
 }
@@ -94,6 +99,12 @@ fn main() -> anyhow::Result<()> {
     if argv.first().map(String::as_str) == Some("--serve") {
         return serve(Path::new(
             argv.get(1).context("--serve needs a database path")?,
+        ));
+    }
+    if argv.first().map(String::as_str) == Some("--serve-baseline") {
+        return baseline::serve(Path::new(
+            argv.get(1)
+                .context("--serve-baseline needs a database path")?,
         ));
     }
     drive(&parse_args(&argv)?)
@@ -108,6 +119,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         sub_labels: 200_000,
         phases: [
             "exact",
+            "batch",
             "all",
             "broad",
             "prefix",
@@ -178,9 +190,14 @@ struct ServerProcess {
 impl ServerProcess {
     fn start(target: Target, db: &Path, dids: &Path) -> anyhow::Result<ServerProcess> {
         match target {
-            Target::Ours => {
+            Target::Ours | Target::Baseline => {
+                let mode = if target == Target::Ours {
+                    "--serve"
+                } else {
+                    "--serve-baseline"
+                };
                 let mut child = Command::new(std::env::current_exe()?)
-                    .arg("--serve")
+                    .arg(mode)
                     .arg(db)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -304,13 +321,31 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let broad_lua = dir.join("broad.lua");
     std::fs::write(&all_lua, wrk_script(&paged_lua("*", a.labels)))?;
     std::fs::write(&broad_lua, wrk_script(&paged_lua("did:plc:*", a.labels)))?;
+    let batch_lua = dir.join("batch.lua");
+    std::fs::write(&batch_lua, wrk_script(BATCH_LUA))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
-    let targets: &[Target] = if a.peer {
+    if a.peer {
         ensure_peer()?;
-        &[Target::Ours, Target::Peer]
+    }
+    let needs_baseline = a.phases.iter().any(|p| p == "exact" || p == "batch");
+    let lean = if needs_baseline {
+        baseline::lean_copy(&db, a.labels)?
     } else {
-        &[Target::Ours]
+        db.clone()
     };
+    // Product and baseline alternate within each run, so the ratio is taken under the same
+    // machine load.
+    let targets_of = |phase: &str| -> Vec<Target> {
+        let mut t = vec![Target::Ours];
+        if phase == "exact" || phase == "batch" {
+            t.push(Target::Baseline);
+        }
+        if a.peer && phase != "batch" && phase != "propagation" {
+            t.push(Target::Peer);
+        }
+        t
+    };
+    let mut ratios: Vec<(String, Vec<f64>)> = Vec::new();
 
     println!("{}", machine_notes());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -319,23 +354,36 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for run in 1..=a.runs {
         for phase in &a.phases {
-            for &target in targets {
+            let mut ours_rate = None;
+            for target in targets_of(phase) {
+                let db = if target == Target::Baseline {
+                    &lean
+                } else {
+                    &db
+                };
                 let sample = match phase.as_str() {
-                    "exact" | "all" | "broad" | "prefix" if !have_wrk => {
+                    "exact" | "batch" | "all" | "broad" | "prefix" if !have_wrk => {
                         println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
                         continue;
                     }
-                    "exact" => wrk_phase(target, &db, &exact_lua, &dids, a.duration)?,
-                    "rotate" => rotate_phase(&db, &dir, &exact_lua, &dids, a.duration)?,
-                    "prefix" => wrk_phase(target, &db, &prefix_lua, &dids, a.duration)?,
-                    "all" => wrk_phase(target, &db, &all_lua, &dids, a.duration)?,
-                    "broad" => wrk_phase(target, &db, &broad_lua, &dids, a.duration)?,
+                    "exact" => wrk_phase(target, db, &exact_lua, &dids, a.duration)?,
+                    "batch" => {
+                        let mut s = wrk_phase(target, db, &batch_lua, &dids, a.duration)?;
+                        // DIDs answered per second; CPU per DID.
+                        s.rate *= BATCH as f64;
+                        s.cpu_us /= BATCH as f64;
+                        s
+                    }
+                    "rotate" => rotate_phase(db, &dir, &exact_lua, &dids, a.duration)?,
+                    "prefix" => wrk_phase(target, db, &prefix_lua, &dids, a.duration)?,
+                    "all" => wrk_phase(target, db, &all_lua, &dids, a.duration)?,
+                    "broad" => wrk_phase(target, db, &broad_lua, &dids, a.duration)?,
                     "backfill1" => {
-                        rt.block_on(backfill_phase(target, &db, &dids, 1, a.labels, a.labels))?
+                        rt.block_on(backfill_phase(target, db, &dids, 1, a.labels, a.labels))?
                     }
                     "backfill100" => rt.block_on(backfill_phase(
                         target,
-                        &db,
+                        db,
                         &dids,
                         a.subscribers,
                         a.labels,
@@ -343,10 +391,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                     ))?,
                     other => bail!("unknown phase {other}"),
                 };
-                let name = if a.peer {
-                    format!("{phase} {}", target.name())
-                } else {
+                let name = if target == Target::Ours && targets_of(phase).len() == 1 {
                     phase.clone()
+                } else {
+                    format!("{phase} {}", target.name())
                 };
                 println!(
                     "run {run} {name:<22} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>7.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s{}",
@@ -363,6 +411,20 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                         String::new()
                     }
                 );
+                match target {
+                    Target::Ours => ours_rate = Some(sample.rate),
+                    Target::Baseline => {
+                        if let Some(ours) = ours_rate {
+                            let r = ours / sample.rate;
+                            println!("run {run} {phase}: product / baseline = {r:.2}");
+                            match ratios.iter_mut().find(|(p, _)| p == phase) {
+                                Some((_, v)) => v.push(r),
+                                None => ratios.push((phase.clone(), vec![r])),
+                            }
+                        }
+                    }
+                    Target::Peer => {}
+                }
                 match results.iter_mut().find(|(p, _)| *p == name) {
                     Some((_, v)) => v.push(sample),
                     None => results.push((name, vec![sample])),
@@ -397,6 +459,16 @@ fn drive(a: &Args) -> anyhow::Result<()> {
             col(|s| s.cpu_us, 2),
             col(|s| s.client_us, 2),
             col(|s| s.hwm, 1),
+        );
+    }
+    for (phase, v) in &mut ratios {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{phase}: product / baseline per run {:?}: median {:.2} (min {:.2}, max {:.2})",
+            v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>(),
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1]
         );
     }
     if a.peer {
@@ -472,6 +544,26 @@ local n = #blob / 32
 function request()
   local i = math.random(0, n - 1)
   return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32))
+end
+"#;
+
+/// Exact subjects per `batch` request.
+const BATCH: usize = 50;
+
+/// One request carrying 50 random DIDs as `uriPatterns` (a relay checking a queue of
+/// senders); `limit=250` so a page never cuts the answer short.
+const BATCH_LUA: &str = r#"
+local f = assert(io.open(os.getenv("DIDS_FILE"), "rb"))
+local blob = f:read("*a")
+f:close()
+local n = #blob / 32
+local parts = {}
+function request()
+  for k = 1, 50 do
+    local i = math.random(0, n - 1)
+    parts[k] = "uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32)
+  end
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=250&" .. table.concat(parts, "&"))
 end
 "#;
 
