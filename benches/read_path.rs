@@ -42,6 +42,8 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+#[path = "shared/baseline.rs"]
+mod baseline;
 #[path = "shared/procfs.rs"]
 mod procfs;
 #[path = "shared/seed.rs"]
@@ -69,6 +71,7 @@ struct Args {
     sub_labels: usize,
     phases: Vec<String>,
     peer: bool,
+    live_subscribers: usize,
 }
 
 /// Which server a phase runs against.
@@ -78,6 +81,8 @@ enum Target {
     Ours,
     /// `@skyware/labeler` 0.2 under Node.js.
     Peer,
+    /// The bare axum + rusqlite handler on the lean copy (`shared/baseline.rs`).
+    Baseline,
 }
 
 impl Target {
@@ -85,6 +90,7 @@ impl Target {
         match self {
             Target::Ours => "atmos-labeler",
             Target::Peer => "skyware",
+            Target::Baseline => "baseline",
         }
     }
 }
@@ -94,6 +100,18 @@ fn main() -> anyhow::Result<()> {
     if argv.first().map(String::as_str) == Some("--serve") {
         return serve(Path::new(
             argv.get(1).context("--serve needs a database path")?,
+        ));
+    }
+    if argv.first().map(String::as_str) == Some("--subscribers") {
+        let arg = |i: usize| -> anyhow::Result<&String> {
+            argv.get(i).context("--subscribers <port> <count>")
+        };
+        return subscribers_child(arg(1)?.parse()?, arg(2)?.parse()?);
+    }
+    if argv.first().map(String::as_str) == Some("--serve-baseline") {
+        return baseline::serve(Path::new(
+            argv.get(1)
+                .context("--serve-baseline needs a database path")?,
         ));
     }
     drive(&parse_args(&argv)?)
@@ -108,15 +126,18 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         sub_labels: 200_000,
         phases: [
             "exact",
+            "batch",
             "all",
             "broad",
             "prefix",
             "backfill1",
             "backfill100",
+            "propagation",
         ]
         .map(str::to_owned)
         .to_vec(),
         peer: false,
+        live_subscribers: 1000,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -129,6 +150,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "--sub-labels" => a.sub_labels = value()?.parse()?,
             "--phases" => a.phases = value()?.split(',').map(str::to_owned).collect(),
             "--peer" => a.peer = true,
+            "--live-subscribers" => a.live_subscribers = value()?.parse()?,
             // `cargo bench` passes `--bench`; ignore anything else too.
             _ => {}
         }
@@ -177,10 +199,33 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(target: Target, db: &Path, dids: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_on(target, db, dids, None)
+    }
+
+    /// Starts the server, pinned to the CPUs `cpus` (a `taskset -c` list) when given.
+    fn start_on(
+        target: Target,
+        db: &Path,
+        dids: &Path,
+        cpus: Option<&str>,
+    ) -> anyhow::Result<ServerProcess> {
         match target {
-            Target::Ours => {
-                let mut child = Command::new(std::env::current_exe()?)
-                    .arg("--serve")
+            Target::Ours | Target::Baseline => {
+                let mode = if target == Target::Ours {
+                    "--serve"
+                } else {
+                    "--serve-baseline"
+                };
+                let mut command = match cpus {
+                    Some(cpus) => {
+                        let mut c = Command::new("taskset");
+                        c.args(["-c", cpus]).arg(std::env::current_exe()?);
+                        c
+                    }
+                    None => Command::new(std::env::current_exe()?),
+                };
+                let mut child = command
+                    .arg(mode)
                     .arg(db)
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -304,13 +349,31 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let broad_lua = dir.join("broad.lua");
     std::fs::write(&all_lua, wrk_script(&paged_lua("*", a.labels)))?;
     std::fs::write(&broad_lua, wrk_script(&paged_lua("did:plc:*", a.labels)))?;
+    let batch_lua = dir.join("batch.lua");
+    std::fs::write(&batch_lua, wrk_script(BATCH_LUA))?;
     let have_wrk = Command::new("wrk").arg("-v").output().is_ok();
-    let targets: &[Target] = if a.peer {
+    if a.peer {
         ensure_peer()?;
-        &[Target::Ours, Target::Peer]
+    }
+    let needs_baseline = a.phases.iter().any(|p| p == "exact" || p == "batch");
+    let lean = if needs_baseline {
+        baseline::lean_copy(&db, a.labels)?
     } else {
-        &[Target::Ours]
+        db.clone()
     };
+    // Product and baseline alternate within each run, so the ratio is taken under the same
+    // machine load.
+    let targets_of = |phase: &str| -> Vec<Target> {
+        let mut t = vec![Target::Ours];
+        if phase == "exact" || phase == "batch" {
+            t.push(Target::Baseline);
+        }
+        if a.peer && phase != "batch" && phase != "propagation" {
+            t.push(Target::Peer);
+        }
+        t
+    };
+    let mut ratios: Vec<(String, Vec<f64>)> = Vec::new();
 
     println!("{}", machine_notes());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -319,23 +382,37 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for run in 1..=a.runs {
         for phase in &a.phases {
-            for &target in targets {
+            let mut ours_rate = None;
+            for target in targets_of(phase) {
+                let db = if target == Target::Baseline {
+                    &lean
+                } else {
+                    &db
+                };
                 let sample = match phase.as_str() {
-                    "exact" | "all" | "broad" | "prefix" if !have_wrk => {
+                    "exact" | "batch" | "all" | "broad" | "prefix" if !have_wrk => {
                         println!("skipping {phase}: wrk is not installed (apt-get install -y wrk)");
                         continue;
                     }
-                    "exact" => wrk_phase(target, &db, &exact_lua, &dids, a.duration)?,
-                    "rotate" => rotate_phase(&db, &dir, &exact_lua, &dids, a.duration)?,
-                    "prefix" => wrk_phase(target, &db, &prefix_lua, &dids, a.duration)?,
-                    "all" => wrk_phase(target, &db, &all_lua, &dids, a.duration)?,
-                    "broad" => wrk_phase(target, &db, &broad_lua, &dids, a.duration)?,
+                    "exact" => wrk_phase(target, db, &exact_lua, &dids, a.duration)?,
+                    "batch" => {
+                        let mut s = wrk_phase(target, db, &batch_lua, &dids, a.duration)?;
+                        // DIDs answered per second; CPU per DID.
+                        s.rate *= BATCH as f64;
+                        s.cpu_us /= BATCH as f64;
+                        s
+                    }
+                    "rotate" => rotate_phase(db, &dir, &exact_lua, &dids, a.duration)?,
+                    "propagation" => propagation_phase(&dir, &dids, a.live_subscribers)?,
+                    "prefix" => wrk_phase(target, db, &prefix_lua, &dids, a.duration)?,
+                    "all" => wrk_phase(target, db, &all_lua, &dids, a.duration)?,
+                    "broad" => wrk_phase(target, db, &broad_lua, &dids, a.duration)?,
                     "backfill1" => {
-                        rt.block_on(backfill_phase(target, &db, &dids, 1, a.labels, a.labels))?
+                        rt.block_on(backfill_phase(target, db, &dids, 1, a.labels, a.labels))?
                     }
                     "backfill100" => rt.block_on(backfill_phase(
                         target,
-                        &db,
+                        db,
                         &dids,
                         a.subscribers,
                         a.labels,
@@ -343,10 +420,10 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                     ))?,
                     other => bail!("unknown phase {other}"),
                 };
-                let name = if a.peer {
-                    format!("{phase} {}", target.name())
-                } else {
+                let name = if target == Target::Ours && targets_of(phase).len() == 1 {
                     phase.clone()
+                } else {
+                    format!("{phase} {}", target.name())
                 };
                 println!(
                     "run {run} {name:<22} {:>12.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server {:>7.2} µs CPU each  client {:>5.2} µs  VmHWM {:>6.1} MiB  {:>6.2} s{}",
@@ -363,6 +440,20 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                         String::new()
                     }
                 );
+                match target {
+                    Target::Ours => ours_rate = Some(sample.rate),
+                    Target::Baseline => {
+                        if let Some(ours) = ours_rate {
+                            let r = ours / sample.rate;
+                            println!("run {run} {phase}: product / baseline = {r:.2}");
+                            match ratios.iter_mut().find(|(p, _)| p == phase) {
+                                Some((_, v)) => v.push(r),
+                                None => ratios.push((phase.clone(), vec![r])),
+                            }
+                        }
+                    }
+                    Target::Peer => {}
+                }
                 match results.iter_mut().find(|(p, _)| *p == name) {
                     Some((_, v)) => v.push(sample),
                     None => results.push((name, vec![sample])),
@@ -397,6 +488,16 @@ fn drive(a: &Args) -> anyhow::Result<()> {
             col(|s| s.cpu_us, 2),
             col(|s| s.client_us, 2),
             col(|s| s.hwm, 1),
+        );
+    }
+    for (phase, v) in &mut ratios {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{phase}: product / baseline per run {:?}: median {:.2} (min {:.2}, max {:.2})",
+            v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>(),
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1]
         );
     }
     if a.peer {
@@ -472,6 +573,26 @@ local n = #blob / 32
 function request()
   local i = math.random(0, n - 1)
   return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32))
+end
+"#;
+
+/// Exact subjects per `batch` request.
+const BATCH: usize = 50;
+
+/// One request carrying 50 random DIDs as `uriPatterns` (a relay checking a queue of
+/// senders); `limit=250` so a page never cuts the answer short.
+const BATCH_LUA: &str = r#"
+local f = assert(io.open(os.getenv("DIDS_FILE"), "rb"))
+local blob = f:read("*a")
+f:close()
+local n = #blob / 32
+local parts = {}
+function request()
+  for k = 1, 50 do
+    local i = math.random(0, n - 1)
+    parts[k] = "uriPatterns=" .. blob:sub(i * 32 + 1, i * 32 + 32)
+  end
+  return wrk.format("GET", "/xrpc/com.atproto.label.queryLabels?limit=250&" .. table.concat(parts, "&"))
 end
 "#;
 
@@ -742,4 +863,281 @@ async fn subscribe(url: String, expect: usize) -> anyhow::Result<usize> {
     }
     let _ = ws.close(None).await;
     Ok(n)
+}
+
+/// Negations written per `propagation` run, and the pause before each.
+const NEGATIONS: usize = 20;
+const NEGATION_GAP: Duration = Duration::from_millis(150);
+
+/// Wall-clock time in ns since the Unix epoch: commit and receive times are taken in two
+/// processes on the same machine clock.
+fn unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// `propagation`: from the commit of a negation to its delivery to `subscribers` live
+/// subscribers. The server runs pinned to CPU 0, the subscribers in another child process
+/// pinned to CPU 1 (their CPU apart), and the negations are written by this process through
+/// its own `Store`, as `labeler label negate` does from another process: the server sees them
+/// through its `PRAGMA data_version` poll. Latency per (negation, subscriber) = receive time
+/// − the time `write_labels_signed_by` returned (its commit).
+fn propagation_phase(dir: &Path, dids: &Path, subscribers: usize) -> anyhow::Result<Sample> {
+    use atmos_labeler::label::{Label, VERIFIED_MAIL_OPERATOR};
+
+    let db = dir.join("propagation.db");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let key = SigningKey::from_hex(KEY_HEX).context("key")?;
+    let make = |uri: String, neg: bool| {
+        Label {
+            src: key.did_key().to_owned(),
+            uri,
+            cid: None,
+            val: VERIFIED_MAIL_OPERATOR.to_owned(),
+            neg,
+            cts: atmos_labeler::label::now_cts(),
+            exp: None,
+        }
+        .sign(&key)
+    };
+    let store = Store::open(&db)?;
+    let positives: Vec<_> = (0..NEGATIONS)
+        .map(|i| make(format!("did:plc:propagation{i:04}"), false))
+        .collect();
+    store.write_labels_signed_by(key.did_key(), &positives)?;
+
+    let server = ServerProcess::start_on(Target::Ours, &db, dids, Some("0"))?;
+    let mut child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(std::env::current_exe()?)
+        .args([
+            "--subscribers",
+            &server.port.to_string(),
+            &subscribers.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the subscribers (is taskset installed?)")?;
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if line.trim() != "CONNECTED" {
+        bail!("the subscribers did not connect: {line:?}");
+    }
+    // Warm-up labels until every subscriber has one: each is then live.
+    let warm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let warm_ups: Vec<_> = (0..600)
+        .map(|i| make(format!("did:plc:warm{i}"), false))
+        .collect();
+    let warmer = {
+        let (warm, store) = (warm.clone(), store.clone());
+        let signer = key.did_key().to_owned();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for l in warm_ups {
+                if warm.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
+                store.write_labels_signed_by(&signer, &[l])?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!("the subscribers did not all receive a warm-up label within 60 s")
+        })
+    };
+    line.clear();
+    out.read_line(&mut line)?;
+    warm.store(true, std::sync::atomic::Ordering::SeqCst);
+    warmer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the warm-up writer panicked"))??;
+    if line.trim() != "WARM" {
+        bail!("the subscribers did not warm up: {line:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (cpu0, _) = server.usage()?;
+    let started = Instant::now();
+    let mut commits = std::collections::HashMap::new();
+    for l in &positives {
+        std::thread::sleep(NEGATION_GAP);
+        let mut neg = l.label.clone();
+        neg.neg = true;
+        neg.cts = atmos_labeler::label::now_cts();
+        let neg = neg.sign(&key);
+        let written = store.write_labels_signed_by(key.did_key(), &[neg])?;
+        let at = unix_ns();
+        commits.insert(written[0].seq, at);
+    }
+    let last = commits.keys().max().copied().unwrap_or(0);
+    writeln!(stdin, "END {last}")?;
+    let mut latencies = Vec::with_capacity(NEGATIONS * subscribers);
+    let mut client_cpu = 0.0;
+    for line in out.lines() {
+        let line = line?;
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("R") => {
+                let seq: i64 = f.next().context("seq")?.parse()?;
+                let at: i64 = f.next().context("time")?.parse()?;
+                if let Some(commit) = commits.get(&seq) {
+                    latencies.push((at - commit) as f64 / 1e6);
+                }
+            }
+            Some("CPU") => client_cpu = f.next().context("cpu")?.parse()?,
+            Some("ERROR") => bail!("subscribers: {line}"),
+            _ => {}
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (cpu1, hwm) = server.usage()?;
+    let _ = child.wait();
+    server.stop()?;
+    drop(store);
+    let expected = NEGATIONS * subscribers;
+    if latencies.len() != expected {
+        println!(
+            "propagation: {} of {expected} (negation, subscriber) deliveries seen",
+            latencies.len()
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "propagation: {} deliveries, latency ms min {:.2} p50 {:.2} p99 {:.2} max {:.2}; subscriber process {:.2} CPU-s",
+        latencies.len(),
+        latencies[0],
+        pct(0.5),
+        pct(0.99),
+        latencies[latencies.len() - 1],
+        client_cpu
+    );
+    Ok(Sample {
+        rate: latencies.len() as f64 / secs,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        cpu_us: (cpu1 - cpu0) * 1e6 / latencies.len().max(1) as f64,
+        hwm,
+        secs,
+        client_us: client_cpu * 1e6 / latencies.len().max(1) as f64,
+        beside: 0.0,
+    })
+}
+
+/// Child mode: `count` live subscribers (no cursor) of the server on `port`, from
+/// 127.0.0.2–127.0.0.9 in turn (the server's per-client caps count addresses). Prints
+/// `CONNECTED` once all are connected and `WARM` once each has received a frame; reads
+/// `END <seq>` from stdin; each subscriber then stops after a frame with that seq, and every
+/// frame received is printed as `R <seq> <unix ns>`, then `CPU <seconds of this process>`.
+fn subscribers_child(port: u16, count: usize) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let url = format!("ws://127.0.0.1:{port}/xrpc/com.atproto.label.subscribeLabels");
+        let server: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut conns = Vec::with_capacity(count);
+        for i in 0..count {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(([127, 0, 0, 2 + (i % 8) as u8], 0).into())?;
+            let tcp = socket.connect(server).await?;
+            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
+            conns.push(ws);
+        }
+        println!("CONNECTED");
+        std::io::stdout().flush()?;
+        let end = Arc::new(AtomicI64::new(i64::MAX));
+        let warm = Arc::new(AtomicUsize::new(0));
+        let warm_all = Arc::new(tokio::sync::Notify::new());
+        let received = Arc::new(Mutex::new(Vec::<(i64, i64)>::new()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|mut ws| {
+                let (end, warm, warm_all, received) = (
+                    end.clone(),
+                    warm.clone(),
+                    warm_all.clone(),
+                    received.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut last = 0;
+                    loop {
+                        if last >= end.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let next = tokio::time::timeout_at(
+                            deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                            ws.next(),
+                        )
+                        .await;
+                        if tokio::time::Instant::now() >= deadline {
+                            bail!("no frame with the last seq within 120 s");
+                        }
+                        let b = match next {
+                            Ok(Some(Ok(Message::Binary(b)))) => b,
+                            // A timeout (to look at `end` again) or a ping.
+                            Err(_) | Ok(Some(Ok(_))) => continue,
+                            Ok(other) => bail!("stream ended: {other:?}"),
+                        };
+                        let at = unix_ns();
+                        let mut r = std::io::Cursor::new(&b[..]);
+                        let _: Header = serde_ipld_dagcbor::de::from_reader_once(&mut r)?;
+                        let body: Body<'_> =
+                            serde_ipld_dagcbor::from_slice(&b[r.position() as usize..])?;
+                        if seen.is_empty() && warm.fetch_add(1, Ordering::SeqCst) + 1 == count {
+                            warm_all.notify_one();
+                        }
+                        last = body.seq;
+                        seen.push((body.seq, at));
+                    }
+                    let _ = ws.close(None).await;
+                    received
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .extend(seen);
+                    Ok(())
+                })
+            })
+            .collect();
+        if count > 0 {
+            tokio::time::timeout(Duration::from_secs(60), warm_all.notified())
+                .await
+                .context("warm-up")?;
+        }
+        println!("WARM");
+        std::io::stdout().flush()?;
+        let line = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let seq: i64 = line
+            .trim()
+            .strip_prefix("END ")
+            .context("expected END <seq>")?
+            .parse()?;
+        end.store(seq, Ordering::SeqCst);
+        for t in tasks {
+            if let Err(e) = t.await? {
+                println!("ERROR {e:#}");
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        for (seq, at) in received
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .iter()
+        {
+            writeln!(stdout, "R {seq} {at}")?;
+        }
+        writeln!(stdout, "CPU {}", own_cpu()?)?;
+        Ok(())
+    })
 }

@@ -720,8 +720,7 @@ fn lowest_from_index(
     cap: usize,
 ) -> Result<Option<Vec<i64>>, Error> {
     // The lowest seqs seen. A set, because a label matching two patterns is read twice.
-    // Expired labels are skipped (reading `exp_ms` costs a row lookup per entry; the cap
-    // bounds it).
+    // Expired labels are skipped (`exp_ms` is in the covering `labels_by_uri` index).
     let now = now_ms();
     let mut lowest = std::collections::BTreeSet::new();
     let mut read = 0;
@@ -745,8 +744,8 @@ fn lowest_from_index(
             }
             Ok(true)
         };
-    // With sources and subject patterns, the source is checked on the row (not covered by
-    // the `uri` index); sources alone use the `(src, …)` index, which covers them.
+    // Subject patterns use the covering `labels_by_uri` index, which holds `src` too; sources
+    // alone use the `(src, …)` index, which covers them.
     let src_args: Vec<&dyn ToSql> = q.sources.iter().map(|s| s as &dyn ToSql).collect();
     let src_filter = |first: usize| -> String {
         if q.sources.is_empty() {
@@ -771,14 +770,14 @@ fn lowest_from_index(
             let (sql, mut args): (String, Vec<&dyn ToSql>) = match (p, hi) {
                 (UriPattern::Exact(u), _) => (
                     format!(
-                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_uri WHERE uri = ?1{}",
+                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_by_uri WHERE uri = ?1{}",
                         src_filter(2)
                     ),
                     vec![u],
                 ),
                 (UriPattern::Prefix(lo), Some(hi)) => (
                     format!(
-                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_uri \
+                        "SELECT seq, exp_ms FROM labels INDEXED BY labels_by_uri \
                          WHERE uri >= ?1 AND uri < ?2{}",
                         src_filter(3)
                     ),

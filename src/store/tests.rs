@@ -630,3 +630,84 @@ fn processes_opening_one_new_database_at_once_each_migrate_it_once() {
         }
     }
 }
+
+/// Issue 16: v6 replaces `labels_uri` with the covering `labels_by_uri`. A database written
+/// before it keeps every label, byte for byte, and exact lookups then read the index alone.
+#[test]
+fn covering_index_migration_keeps_every_label_and_exact_lookups_read_only_the_index() {
+    use rusqlite::types::Value;
+
+    use super::labels::{EXACT_SQL, put_label};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut labels = vec![
+        label("did:plc:a", "spam", false),
+        label("did:plc:b", "spam", false),
+        label("did:plc:a", "spam", true),
+        label("at://did:plc:a/app.bsky.feed.post/1", "porn", false),
+    ];
+    let mut with_exp = label("did:plc:c", "spam", false).label;
+    with_exp.cid = Some("bafyreia".into());
+    with_exp.exp = Some("2999-01-01T00:00:00Z".into());
+    labels.push(with_exp.sign(&key()));
+    let rows = |c: &rusqlite::Connection| -> Vec<Vec<Value>> {
+        let mut stmt = c
+            .prepare("SELECT seq, src, uri, cid, val, neg, cts, exp, sig, exp_ms FROM labels ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| (0..10).map(|i| r.get::<_, Value>(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let before = {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        schema::migrate_to(&mut c, 5).unwrap();
+        let tx = c.transaction().unwrap();
+        for l in &labels {
+            put_label(&tx, l).unwrap();
+        }
+        tx.commit().unwrap();
+        let old = rows(&c);
+        assert_eq!(old.len(), 4, "the negation replaced its original");
+        old
+    };
+
+    let store = Store::open(&path).unwrap();
+    let (after, version, plan) = store
+        .read(|c| {
+            let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let plan: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {EXACT_SQL}"))?
+                .query_map(params_for_plan(), |r| r.get(3))?
+                .collect::<Result<_, _>>()?;
+            Ok((rows(c), version, plan.join("; ")))
+        })
+        .unwrap();
+    assert_eq!(version, schema::VERSION);
+    assert_eq!(after, before);
+    assert!(
+        plan.contains("COVERING INDEX labels_by_uri"),
+        "exact lookups read the covering index alone: {plan}"
+    );
+    let got = store
+        .query_labels(&LabelQuery {
+            patterns: vec![UriPattern::Exact("did:plc:a".into())],
+            sources: vec![],
+            after: 0,
+            limit: 50,
+        })
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signed.label.neg, "the negation is the current label");
+}
+
+fn params_for_plan() -> [rusqlite::types::Value; 4] {
+    use rusqlite::types::Value;
+    [
+        Value::Text("did:plc:a".into()),
+        Value::Integer(0),
+        Value::Integer(50),
+        Value::Integer(0),
+    ]
+}
