@@ -487,44 +487,45 @@ pub async fn start_mirror(
 
 /// Binds the configured address and runs a mirror until SIGINT/SIGTERM.
 pub async fn run_mirror(config: Config, upstream: String, did: String) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen_addr,
-            source,
-        })?;
+    let listener = bind(&config).await?;
     let shutdown = CancellationToken::new();
     let tuning = MirrorTuning::new(&config, upstream, did);
     let running = start_mirror(&config, tuning, listener, shutdown.clone()).await?;
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        signal.cancel();
-    });
-    let result = running.wait().await;
-    tracing::info!("mirror stopped");
-    result
+    until_signal(running, shutdown, "mirror").await
 }
 
 /// Binds the configured address and runs the daemon until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.listen_addr)
+    let listener = bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let running = start(&config, Tuning::new(&config), listener, shutdown.clone()).await?;
+    until_signal(running, shutdown, "labeler").await
+}
+
+/// Binds `listenAddr`.
+async fn bind(config: &Config) -> Result<TcpListener, Error> {
+    TcpListener::bind(config.listen_addr)
         .await
         .map_err(|source| Error::Listen {
             addr: config.listen_addr,
             source,
-        })?;
-    let shutdown = CancellationToken::new();
-    let running = start(&config, Tuning::new(&config), listener, shutdown.clone()).await?;
-    let signal = shutdown.clone();
+        })
+}
+
+/// Cancels `shutdown` on SIGINT/SIGTERM and waits until `running` (the labeler or a mirror,
+/// named `what` in the log) has finished its in-flight work.
+async fn until_signal(
+    running: Running,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> Result<(), Error> {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight work");
-        signal.cancel();
+        tracing::info!(what, "shutdown requested; finishing in-flight work");
+        shutdown.cancel();
     });
     let result = running.wait().await;
-    tracing::info!("labeler stopped");
+    tracing::info!("{what} stopped");
     result
 }
 
