@@ -233,8 +233,11 @@ fn get_text(url: &str) -> anyhow::Result<String> {
             .enable_all()
             .build()
             .unwrap();
+        // No idle pool: mirrors come and go on ports the OS hands out again, and a pooled
+        // connection to a stopped process would be reused for its successor.
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         (rt, client)

@@ -1,4 +1,4 @@
-//! The read-path bench's baseline (issue 16): the smallest axum + rusqlite server that answers
+//! The read-path bench's baseline: the smallest axum + rusqlite server that answers
 //! exact-subject `com.atproto.label.queryLabels` from the leanest file holding the same labels,
 //! so the product's figure is read as a ratio measured in the same run.
 //!

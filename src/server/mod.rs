@@ -110,7 +110,7 @@ pub struct Options {
     pub ping_interval: Duration,
     /// How often to check for commits by other processes (`PRAGMA data_version`); clamped to
     /// 10–500 ms. The default, 50 ms, keeps a negation written by the `label` CLI well within
-    /// 100 ms of its subscribers (issue 16) for 20 cheap reads a second.
+    /// 100 ms of its subscribers for 20 cheap reads a second.
     pub poll_interval: Duration,
     /// Cap on open HTTP connections (WebSocket subscribers are counted by
     /// `max_subscribers` once upgraded); more are closed at once.

@@ -139,13 +139,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX verdict_history_attestation ON verdict_history (did, rkey, id);
     "#,
-    // v6: queryLabels by subject from the index alone (issue 16). `labels_uri` held only
-    // (uri, seq), so every match cost a second b-tree descent into the table for its columns:
-    // about one more page read per exact lookup, and a row read per index entry for the
-    // expiry check of the prefix plan. This index holds every column those reads return, in
-    // (uri, seq) order, so `uri = ?1 AND seq > ?2 ORDER BY seq` is a covering range scan; it
-    // replaces `labels_uri` (a prefix of it). The cost is file size: about 200 bytes per
-    // label instead of about 45.
+    // v6: queryLabels by subject from the index alone (BENCHMARKS.md, "Read path").
+    // `labels_uri` held only (uri, seq), so every match cost a second b-tree descent into the
+    // table for its columns: about one more page read per exact lookup, and a row read per
+    // index entry for the expiry check of the prefix plan. This index holds every column
+    // those reads return, in (uri, seq) order, so `uri = ?1 AND seq > ?2 ORDER BY seq` is a
+    // covering range scan; it replaces `labels_uri` (a prefix of it). The cost is file size:
+    // about 200 bytes per label instead of about 45.
     r#"
     CREATE INDEX labels_by_uri ON labels (uri, seq, exp_ms, src, cid, val, neg, cts, exp, sig);
     DROP INDEX labels_uri;

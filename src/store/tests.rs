@@ -631,7 +631,7 @@ fn processes_opening_one_new_database_at_once_each_migrate_it_once() {
     }
 }
 
-/// Issue 16: v6 replaces `labels_uri` with the covering `labels_by_uri`. A database written
+/// v6 replaces `labels_uri` with the covering `labels_by_uri`. A database written
 /// before it keeps every label, byte for byte, and exact lookups then read the index alone.
 #[test]
 fn covering_index_migration_keeps_every_label_and_exact_lookups_read_only_the_index() {
