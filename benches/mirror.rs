@@ -30,14 +30,16 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)]
 
+#[path = "shared/child.rs"]
+mod child;
 #[path = "shared/procfs.rs"]
 mod procfs;
 #[path = "shared/seed.rs"]
 mod seed;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -157,71 +159,29 @@ fn mirror(upstream: &str, did: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// A child process of this binary, stopped by closing its stdin.
-struct Proc {
-    child: Child,
-    port: u16,
+/// A primary (`--serve`) or a mirror (`--mirror`) running as a child of this binary.
+type Proc = child::Server;
+
+/// A primary serving `db`.
+fn primary(db: &Path) -> anyhow::Result<Proc> {
+    let mut c = Command::new(std::env::current_exe()?);
+    c.arg("--serve").arg(db);
+    Proc::spawn(c)
 }
 
-impl Proc {
-    fn start(args: &[&std::ffi::OsStr]) -> anyhow::Result<Proc> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .context("the child did not report its port")?
-            .parse()?;
-        Ok(Proc { child, port })
-    }
-
-    fn primary(db: &Path) -> anyhow::Result<Proc> {
-        Proc::start(&["--serve".as_ref(), db.as_os_str()])
-    }
-
-    fn mirror(upstream: &Proc, dir: &Path) -> anyhow::Result<Proc> {
-        let did = SigningKey::from_hex(seed::KEY_HEX)
-            .context("key")?
-            .did_key()
-            .to_owned();
-        let url = upstream.base();
-        Proc::start(&[
-            "--mirror".as_ref(),
-            url.as_ref(),
-            did.as_ref(),
-            dir.as_os_str(),
-        ])
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// CPU seconds so far and peak RSS in MiB.
-    fn usage(&self) -> anyhow::Result<(f64, f64)> {
-        let cpu = procfs::cpu_seconds(self.child.id())?;
-        let hwm = procfs::Status::read(self.child.id())?.kb("VmHWM:")? as f64 / 1024.0;
-        Ok((cpu, hwm))
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                bail!("a child did not stop within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
+/// A mirror of the seed key's labels following `upstream`, on the state directory `dir`.
+fn mirror_of(upstream: &Proc, dir: &Path) -> anyhow::Result<Proc> {
+    let did = SigningKey::from_hex(seed::KEY_HEX)
+        .context("key")?
+        .did_key()
+        .to_owned();
+    let mut c = Command::new(std::env::current_exe()?);
+    c.arg("--mirror").arg(upstream.base()).arg(did).arg(dir);
+    Proc::spawn(c)
 }
+
+/// How long a child gets to stop once its stdin closes.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// `GET url` → body (status 200 required), with a 5 s timeout. One client for the whole
 /// run: building one loads the TLS roots, which costs more than the request.
@@ -324,10 +284,10 @@ fn catch_up(db: &Path, n: usize, template: &Path) -> anyhow::Result<CatchUp> {
     let head = head_of(db)?;
     let dir = bench_tmp()?.join("catchup");
     let _ = std::fs::remove_dir_all(&dir);
-    let primary = Proc::primary(db)?;
+    let primary = primary(db)?;
     let (p0, _) = primary.usage()?;
     let started = Instant::now();
-    let mirror = Proc::mirror(&primary, &dir)?;
+    let mirror = mirror_of(&primary, &dir)?;
     await_cursor(
         &mirror,
         head,
@@ -352,8 +312,8 @@ fn catch_up(db: &Path, n: usize, template: &Path) -> anyhow::Result<CatchUp> {
     if stored != n as f64 || refused != 0.0 {
         bail!("the mirror stored {stored} and refused {refused} of {n} labels");
     }
-    mirror.stop()?;
-    primary.stop()?;
+    mirror.stop(STOP_GRACE)?;
+    primary.stop(STOP_GRACE)?;
     let mirror_db = dir.join(atmos_labeler::config::DB_FILE);
     remove_db(template);
     std::fs::copy(&mirror_db, template)?;
@@ -447,19 +407,6 @@ fn writer(
     })
 }
 
-/// wrk latency (`812.00us`, `1.23ms`, `1.02s`) in ms.
-fn parse_ms(s: &str) -> anyhow::Result<f64> {
-    Ok(if let Some(v) = s.strip_suffix("us") {
-        v.parse::<f64>()? / 1000.0
-    } else if let Some(v) = s.strip_suffix("ms") {
-        v.parse()?
-    } else if let Some(v) = s.strip_suffix('s') {
-        v.parse::<f64>()? * 1000.0
-    } else {
-        bail!("unknown latency unit in {s:?}")
-    })
-}
-
 /// Exact-DID wrk against the primary on `db`, with `mirrors` mirrors following it (from
 /// copies of `template`) and the writer committing `rate` labels/s.
 fn read_phase(
@@ -474,7 +421,7 @@ fn read_phase(
     let script = tmp.join("exact.lua");
     std::fs::write(&script, EXACT_LUA)?;
     let pool = fresh_labels(tag, a.rate * (a.duration as usize + 8))?;
-    let primary = Proc::primary(db)?;
+    let primary = primary(db)?;
     let mut followers = Vec::new();
     let head = head_of(db)?;
     for i in 0..mirrors {
@@ -482,7 +429,7 @@ fn read_phase(
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         std::fs::copy(template, dir.join(atmos_labeler::config::DB_FILE))?;
-        followers.push(Proc::mirror(&primary, &dir)?);
+        followers.push(mirror_of(&primary, &dir)?);
     }
     for m in &followers {
         await_cursor(
@@ -524,9 +471,9 @@ fn read_phase(
         )?;
     }
     for m in followers {
-        m.stop()?;
+        m.stop(STOP_GRACE)?;
     }
-    primary.stop()?;
+    primary.stop(STOP_GRACE)?;
     if out
         .lines()
         .any(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
@@ -555,7 +502,7 @@ fn read_phase(
     );
     Ok(ReadSample {
         rate,
-        p99: parse_ms(p99)?,
+        p99: child::parse_ms(p99)?,
         server_us: (cpu1 - cpu0) * 1e6 / requests,
     })
 }

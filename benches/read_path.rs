@@ -44,6 +44,8 @@
 
 #[path = "shared/baseline.rs"]
 mod baseline;
+#[path = "shared/child.rs"]
+mod child;
 #[path = "shared/procfs.rs"]
 mod procfs;
 #[path = "shared/seed.rs"]
@@ -51,7 +53,7 @@ mod seed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -192,8 +194,10 @@ fn serve(db: &Path) -> anyhow::Result<()> {
 }
 
 /// The server child.
+/// The server under test: this labeler or the baseline as a child of this binary, or the
+/// peer (Node.js).
 struct ServerProcess {
-    child: Child,
+    server: child::Server,
     port: u16,
 }
 
@@ -209,7 +213,7 @@ impl ServerProcess {
         dids: &Path,
         cpus: Option<&str>,
     ) -> anyhow::Result<ServerProcess> {
-        match target {
+        let server = match target {
             Target::Ours | Target::Baseline => {
                 let mode = if target == Target::Ours {
                     "--serve"
@@ -224,21 +228,8 @@ impl ServerProcess {
                     }
                     None => Command::new(std::env::current_exe()?),
                 };
-                let mut child = command
-                    .arg(mode)
-                    .arg(db)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()?;
-                let stdout = child.stdout.take().context("stdout")?;
-                let mut line = String::new();
-                BufReader::new(stdout).read_line(&mut line)?;
-                let port = line
-                    .trim()
-                    .strip_prefix("PORT ")
-                    .context("server did not report its port")?
-                    .parse()?;
-                Ok(ServerProcess { child, port })
+                command.arg(mode).arg(db);
+                child::Server::spawn(command)?
             }
             Target::Peer => {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -261,30 +252,20 @@ impl ServerProcess {
                     let _ = child.kill();
                     bail!("the peer did not start: {line:?}");
                 }
-                Ok(ServerProcess { child, port })
+                child::Server::adopt(child, port)
             }
-        }
+        };
+        let port = server.port;
+        Ok(ServerProcess { server, port })
     }
 
     /// (CPU seconds used, peak RSS in MiB) so far.
     fn usage(&self) -> anyhow::Result<(f64, f64)> {
-        let pid = self.child.id();
-        let cpu = procfs::cpu_seconds(pid)?;
-        let hwm_kb = procfs::Status::read(pid)?.kb("VmHWM:")?;
-        Ok((cpu, hwm_kb as f64 / 1024.0))
+        self.server.usage()
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        bail!("server did not stop within 10 s of its stdin closing")
+    fn stop(self) -> anyhow::Result<()> {
+        self.server.stop(Duration::from_secs(10))
     }
 }
 
@@ -736,7 +717,7 @@ fn run_wrk(
             .lines()
             .find(|l| l.trim_start().starts_with(p))
             .context("wrk latency distribution")?;
-        parse_ms(line.split_whitespace().nth(1).context("latency")?)
+        child::parse_ms(line.split_whitespace().nth(1).context("latency")?)
     };
     Ok(Sample {
         rate,
@@ -747,19 +728,6 @@ fn run_wrk(
         secs,
         client_us: 0.0,
         beside,
-    })
-}
-
-/// wrk latency (`812.00us`, `1.23ms`, `1.02s`) in ms.
-fn parse_ms(s: &str) -> anyhow::Result<f64> {
-    Ok(if let Some(v) = s.strip_suffix("us") {
-        v.parse::<f64>()? / 1000.0
-    } else if let Some(v) = s.strip_suffix("ms") {
-        v.parse()?
-    } else if let Some(v) = s.strip_suffix('s') {
-        v.parse::<f64>()? * 1000.0
-    } else {
-        bail!("unknown latency unit in {s:?}")
     })
 }
 
