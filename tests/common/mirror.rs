@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use atmos_labeler::app::{self, MirrorTuning, Running};
@@ -16,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
-use super::process::{Child, START_WAIT};
+use super::process::Child;
 use super::server::{Event, Subscriber, WAIT};
 
 /// A mirror's config: its own state directory, listening on 127.0.0.1:0, private addresses
@@ -227,23 +226,9 @@ impl MirrorProcess {
     /// (its "mirror started" line names the address).
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labeler"));
-        cmd.arg("-config")
-            .arg(&self.config)
-            .args(["mirror", "--upstream", &self.upstream, "--did", &self.did])
-            .current_dir(&self.dir)
-            .env_remove("LABELER_CONFIG")
-            .env_remove("LABELER_LISTEN_ADDR")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        let mut child = Child::spawn(cmd);
-        let line = child.line_containing("mirror started", START_WAIT).await;
-        self.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-            .parse()
-            .unwrap();
+        let args = ["mirror", "--upstream", &self.upstream, "--did", &self.did];
+        let (child, addr) = Child::serve(&self.config, &self.dir, &args, "mirror started").await;
+        self.addr = addr;
         self.child = Some(child);
     }
 

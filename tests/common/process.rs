@@ -33,6 +33,34 @@ pub struct Child {
 }
 
 impl Child {
+    /// Runs `labeler -config <config> <args…>` in `dir` with info logs and no colour, and
+    /// waits for its `started` line, which names the address it serves on (`addr=`).
+    pub async fn serve(
+        config: &Path,
+        dir: &Path,
+        args: &[&str],
+        started: &str,
+    ) -> (Child, SocketAddr) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labeler"));
+        cmd.arg("-config")
+            .arg(config)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("LABELER_CONFIG")
+            .env_remove("LABELER_LISTEN_ADDR")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        let mut child = Child::spawn(cmd);
+        let line = child.line_containing(started, START_WAIT).await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+            .parse()
+            .unwrap();
+        (child, addr)
+    }
+
     /// Spawns `cmd` with stdin and stdout closed and stderr captured.
     pub fn spawn(mut cmd: Command) -> Child {
         let mut child = cmd
@@ -216,22 +244,8 @@ impl LabelerProcess {
     pub async fn start(&mut self, world: &World) {
         assert!(self.child.is_none(), "already running");
         let before = world.jetstream.connections();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labeler"));
-        cmd.arg("-config")
-            .arg(&self.config)
-            .current_dir(&self.dir)
-            .env_remove("LABELER_CONFIG")
-            .env_remove("LABELER_LISTEN_ADDR")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        let mut child = Child::spawn(cmd);
-        let line = child.line_containing("labeler started", START_WAIT).await;
-        self.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
-            .parse()
-            .unwrap();
+        let (child, addr) = Child::serve(&self.config, &self.dir, &[], "labeler started").await;
+        self.addr = addr;
         self.child = Some(child);
         assert!(
             super::eventually(START_WAIT, || async {
