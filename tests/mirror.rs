@@ -12,9 +12,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::daemon::{TestLabeler, World};
+use crate::common::daemon::{TestLabeler, World, pages};
 use crate::common::mirror::{
-    self, MirrorProcess, TestMirror, await_cursor, frames_until, pages, upstream_health,
+    self, MirrorProcess, TestMirror, await_cursor, frames_until, upstream_health,
 };
 use crate::common::server::{self, Event, Subscriber, TestServer, WAIT};
 
@@ -237,14 +237,10 @@ async fn a_mirror_refuses_a_flipped_signature_and_a_foreign_src_and_stores_the_r
     assert_eq!(health["refused"], 2);
 
     let all = |base: String| async move {
-        let body: Value = reqwest::get(format!(
-            "{base}/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit=250"
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let [page] = &pages(&base, 250).await[..] else {
+            panic!("one page holds them all");
+        };
+        let body: Value = serde_json::from_str(page).unwrap();
         body["labels"].as_array().unwrap().clone()
     };
     let mut want = all(upstream.base()).await;

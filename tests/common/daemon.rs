@@ -336,14 +336,14 @@ fn key_bytes() -> Vec<u8> {
     data_encoding::HEXLOWER.decode(hex.as_bytes()).unwrap()
 }
 
-/// All current labels of the labeler at `base` (`http://addr`) from queryLabels, paged,
-/// `(uri, val, neg)`, sorted.
-pub async fn all_labels(base: &str) -> Vec<(String, String, bool)> {
+/// Every `queryLabels?uriPatterns=*` page of `limit` labels, as raw bodies, following the
+/// cursor to the end (bounded).
+pub async fn pages(base: &str, limit: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut cursor = None::<String>;
-    // Bounded: a page of 250 at a time, far more pages than any test writes.
     for _ in 0..1000 {
-        let mut url = format!("{base}/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit=250");
+        let mut url =
+            format!("{base}/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit={limit}");
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
@@ -352,7 +352,23 @@ pub async fn all_labels(base: &str) -> Vec<(String, String, bool)> {
             .expect("queryLabels answered in time")
             .unwrap();
         assert_eq!(resp.status(), 200, "{url}");
-        let body: Value = resp.json().await.unwrap();
+        let body = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        cursor = v["cursor"].as_str().map(str::to_owned);
+        out.push(body);
+        if cursor.is_none() {
+            return out;
+        }
+    }
+    panic!("queryLabels paging never ended");
+}
+
+/// All current labels of the labeler at `base` (`http://addr`) from queryLabels, paged,
+/// `(uri, val, neg)`, sorted.
+pub async fn all_labels(base: &str) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for page in pages(base, 250).await {
+        let body: Value = serde_json::from_str(&page).unwrap();
         for l in body["labels"].as_array().unwrap() {
             out.push((
                 l["uri"].as_str().unwrap().to_owned(),
@@ -360,13 +376,7 @@ pub async fn all_labels(base: &str) -> Vec<(String, String, bool)> {
                 l["neg"].as_bool().unwrap_or(false),
             ));
         }
-        match body["cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => {
-                out.sort();
-                return out;
-            }
-        }
     }
-    panic!("queryLabels paging never ended");
+    out.sort();
+    out
 }

@@ -141,33 +141,6 @@ pub async fn await_cursor(base: &str, seq: i64) {
     );
 }
 
-/// Every `queryLabels?uriPatterns=*` page of `limit` labels, as raw bodies, following the
-/// cursor to the end (bounded).
-pub async fn pages(base: &str, limit: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cursor = None::<String>;
-    for _ in 0..1000 {
-        let mut url =
-            format!("{base}/xrpc/com.atproto.label.queryLabels?uriPatterns=*&limit={limit}");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let resp = tokio::time::timeout(WAIT, reqwest::get(&url))
-            .await
-            .expect("queryLabels answered in time")
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{url}");
-        let body = resp.text().await.unwrap();
-        let v: Value = serde_json::from_str(&body).unwrap();
-        cursor = v["cursor"].as_str().map(str::to_owned);
-        out.push(body);
-        if cursor.is_none() {
-            return out;
-        }
-    }
-    panic!("queryLabels paging never ended");
-}
-
 /// Raw `#labels` frames from `sub` until the one with seq `last` (inclusive).
 pub async fn frames_until(sub: &mut Subscriber, last: i64) -> Vec<(i64, Vec<u8>)> {
     let mut out = Vec::new();
