@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::future::RouteFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -107,6 +106,7 @@ pub(super) async fn serve(
         }
         let service = PeerService {
             router: router.clone(),
+            shared: Arc::clone(&shared),
             peer,
         };
         let conn = http
@@ -184,19 +184,21 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// The router, serving one connection. Only subscribeLabels requests and the console's
-/// rate-limited methods get the peer address (as a [`Peer`] extension): inserting it into every request would cost an allocation on
-/// the queryLabels hot path that nothing there reads.
+/// The router, serving one connection, each request through [`super::guard`]. Only
+/// subscribeLabels requests and the console's rate-limited methods get the peer address (as
+/// a [`Peer`] extension): inserting it into every request would cost an allocation on the
+/// queryLabels hot path that nothing there reads.
 #[derive(Clone)]
 struct PeerService {
     router: Router,
+    shared: Arc<Shared>,
     peer: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = RouteFuture<Infallible>;
+    type Future = super::Guarded;
 
     fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         let path = req.uri().path();
@@ -206,7 +208,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
         // A `Router` is always ready (its `poll_ready` returns `Ready` unconditionally), so
         // calling it directly skips the readiness dance of a generic tower adapter.
         let mut router = self.router.clone();
-        tower_service::Service::call(&mut router, req)
+        super::guard(&self.shared, &mut router, req)
     }
 }
 

@@ -41,15 +41,18 @@ mod subscribe;
 pub use console::ConsoleLimits;
 pub use rate::Rate;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
 use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{Semaphore, broadcast};
@@ -71,10 +74,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 16 * 1024;
 
 /// Requests whose database work runs on the blocking pool at the same time (prefix and
-/// source queries, getVerification). Each holds a pooled read connection: together with the
-/// inline lookups (one per runtime worker), [`subscribe::BACKFILL_READERS`], the health probe
-/// and the live feed this stays within the store's idle pool, so connections are reused rather
-/// than opened per request, and with two cores more would only queue in the kernel instead.
+/// source queries, getVerification). Each holds a pooled read connection: together with
+/// [`subscribe::BACKFILL_READERS`], the health probe, the live feed and the inline scans this
+/// stays within the store's idle pool, so connections are reused rather than opened per
+/// request, and with two cores more would only queue in the kernel instead. (Inline exact
+/// lookups have their own pool.)
 const BLOCKING_QUERIES: usize = 2;
 
 /// How long shutdown waits for in-flight HTTP requests, and then again for subscribers.
@@ -351,9 +355,9 @@ impl Server {
         self
     }
 
-    /// The axum router: every route, the fallbacks and the HTTP layers. Without
-    /// [`Server::run`] nothing publishes live labels, so subscribers get backfill only, and
-    /// no connection limits apply (they live in the accept loop).
+    /// The axum router: every route and the fallbacks. What every request gets besides (the
+    /// request timeout, the body-size check, counting) is `guard`, applied by the accept
+    /// loop with the connection limits.
     pub fn router(&self) -> Router {
         let shared = Arc::clone(&self.shared);
         Router::new()
@@ -371,7 +375,10 @@ impl Server {
             )
             .route(
                 console::REQUEST_VERIFICATION_PATH,
-                post(recheck::request_verification).fallback(wrong_method_post),
+                // The one route that reads a body (a DID).
+                post(recheck::request_verification)
+                    .fallback(wrong_method_post)
+                    .layer(DefaultBodyLimit::max(MAX_BODY)),
             )
             .route(
                 console::CHECK_DOMAIN_PATH,
@@ -391,11 +398,6 @@ impl Server {
             )
             .route("/metrics", get(status::metrics).fallback(wrong_method))
             .fallback(not_found)
-            .layer(DefaultBodyLimit::max(MAX_BODY))
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&shared),
-                http_layer,
-            ))
             .with_state(shared)
     }
 
@@ -461,8 +463,18 @@ async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
     }
 }
 
-/// Request timeout, body limit and request counting for every HTTP route.
-async fn http_layer(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// What a request's future resolves to, for hyper.
+pub(super) type Guarded = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+/// Runs one request through `router` with what every route gets: a `Content-Length` over
+/// [`MAX_BODY`] is answered 413 unread, the request timeout ([`REQUEST_TIMEOUT`]) and the count
+/// in `labeler_server_http_requests_total`.
+///
+/// This is the connection's service rather than an axum middleware layer: a layer wraps
+/// every route, clones the inner service and boxes two futures per request, and `queryLabels`
+/// for one DID costs about 30 µs in all, so those allocations showed in its profile
+/// (BENCHMARKS.md, "Read path"). Here it is one box.
+pub(super) fn guard(shared: &Arc<Shared>, router: &mut Router, req: Request<Incoming>) -> Guarded {
     let route = Route::of(req.uri().path());
     let too_large = req
         .headers()
@@ -470,19 +482,23 @@ async fn http_layer(State(shared): State<Arc<Shared>>, req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > MAX_BODY as u64);
-    let response = if too_large {
-        XrpcError::PayloadTooLarge.into_response()
-    } else {
-        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-            Ok(r) => r,
-            Err(_) => XrpcError::Timeout.into_response(),
-        }
-    };
-    shared
-        .http_requests
-        .get(route, response.status())
-        .increment(1);
-    response
+    let shared = Arc::clone(shared);
+    let call = (!too_large).then(|| tower_service::Service::call(router, req));
+    Box::pin(async move {
+        let response = match call {
+            None => XrpcError::PayloadTooLarge.into_response(),
+            Some(call) => match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                Err(_) => XrpcError::Timeout.into_response(),
+            },
+        };
+        shared
+            .http_requests
+            .get(route, response.status())
+            .increment(1);
+        Ok(response)
+    })
 }
 
 /// A known method called with the wrong verb.
@@ -667,6 +683,7 @@ pub mod fuzzing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::State;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     const WAIT: Duration = Duration::from_secs(10);

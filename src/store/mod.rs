@@ -7,10 +7,12 @@
 //! process loses nothing that was committed (`synchronous = NORMAL` is durable against process
 //! crashes; only an OS crash can lose the last transactions).
 //!
-//! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), and a
-//! small pool of read connections. Read connections enable SQLite's query planner stability
-//! guarantee (QPSG): without it rusqlite's statement cache re-prepares every statement whose
-//! plan looked at a bound value, which halves lookup throughput (`docs/performance.md` §2).
+//! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), a
+//! small pool of read connections, and a smaller pool of lookup connections with a larger
+//! page cache for the indexed lookups the server answers inline (`LOOKUP_CACHE_KIB`). Read
+//! connections enable SQLite's query planner stability guarantee (QPSG): without it rusqlite's
+//! statement cache re-prepares every statement whose plan looked at a bound value, which halves
+//! lookup throughput (`docs/performance.md` §2).
 //!
 //! Methods are synchronous; async callers go through [`Store::call`], which runs them on the
 //! blocking pool so the runtime's workers never wait on disk or locks.
@@ -39,6 +41,24 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle read connections kept for reuse; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 8;
+
+/// Idle lookup connections kept for reuse ([`Store::lookup`]): about one per runtime worker
+/// thread answering inline, with room for a burst.
+const MAX_IDLE_LOOKUPS: usize = 4;
+
+/// Page cache of a lookup connection, in KiB (SQLite's default is 2 MiB).
+///
+/// An exact lookup descends the covering `labels_by_uri` index: at 1,000,000 labels its
+/// entries are about 250 bytes, so its interior pages hold about 15 each and come to 3,800
+/// pages (16 MB) over five levels. With the default cache only the top levels stay cached and
+/// every lookup reads one or two interior pages from the OS besides its leaf; the `pread`
+/// path (copy, page-cache lookup, syscall) was a third of the server's time under a batch
+/// load (BENCHMARKS.md, "Read path"). With room for the interior pages a lookup reads one
+/// page, its leaf: a batch of 50 DIDs took 14 % less server CPU than with the default cache
+/// in an A/B on the bench machine. The cache fills only as pages are read (about 60 MB of
+/// peak RSS under a sustained random load), and only these few connections have it:
+/// backfills, scans and other reads keep the default.
+const LOOKUP_CACHE_KIB: i64 = 24 * 1024;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +131,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Read connections with a larger page cache for the inline lookups ([`Store::lookup`]).
+    lookups: Mutex<Vec<Connection>>,
     /// Bumped after every commit that wrote labels; the live feed watches it.
     commits: watch::Sender<u64>,
     /// Bumped after every commit that may have brought a re-check closer; the scheduler
@@ -130,6 +152,7 @@ impl Store {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                lookups: Mutex::new(Vec::new()),
                 commits,
                 schedule,
             }),
@@ -183,26 +206,20 @@ impl Store {
 
     /// Runs `f` with a pooled read connection.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let pooled = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_conn(&self.inner.path, true)?,
+        let open = || open_conn(&self.inner.path, true);
+        pooled(&self.inner.readers, MAX_IDLE_READERS, open, f)
+    }
+
+    /// Runs `f` with a pooled lookup connection: a read connection whose page cache holds
+    /// the lookup index's interior pages ([`LOOKUP_CACHE_KIB`]). For the short indexed reads
+    /// the server answers inline on its workers.
+    fn lookup<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let open = || {
+            let conn = open_conn(&self.inner.path, true)?;
+            conn.pragma_update(None, "cache_size", -LOOKUP_CACHE_KIB)?;
+            Ok(conn)
         };
-        let out = f(&conn);
-        let mut idle = self
-            .inner
-            .readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
-        out
+        pooled(&self.inner.lookups, MAX_IDLE_LOOKUPS, open, f)
     }
 
     /// Opens a dedicated read connection (for long backfills or change watching).
@@ -246,6 +263,31 @@ impl Store {
             .collect::<Result<_, _>>()?;
         Ok(rows.join("; "))
     }
+}
+
+/// Runs `f` with a connection from `pool` (or a new one from `open`), and puts it back while
+/// fewer than `max_idle` wait there.
+fn pooled<T>(
+    pool: &Mutex<Vec<Connection>>,
+    max_idle: usize,
+    open: impl FnOnce() -> Result<Connection, Error>,
+    f: impl FnOnce(&Connection) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let lock = || {
+        pool.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let taken = lock().pop();
+    let conn = match taken {
+        Some(c) => c,
+        None => open()?,
+    };
+    let out = f(&conn);
+    let mut idle = lock();
+    if idle.len() < max_idle {
+        idle.push(conn);
+    }
+    out
 }
 
 /// Opens a connection with the pragmas every connection needs.

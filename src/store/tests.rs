@@ -711,3 +711,33 @@ fn params_for_plan() -> [rusqlite::types::Value; 4] {
         Value::Integer(0),
     ]
 }
+
+#[test]
+fn inline_queries_run_on_lookup_connections_with_room_for_the_index_interior() {
+    let (_dir, store) = temp_store();
+    store
+        .write_labels(&[label("did:plc:a", "verified-mail-operator", false)])
+        .unwrap();
+    let q = LabelQuery {
+        patterns: vec![UriPattern::Exact("did:plc:a".into())],
+        sources: vec![],
+        after: 0,
+        limit: 50,
+    };
+    let mut seen = 0;
+    assert_eq!(
+        store.visit_labels_quick(&q, |_, _, _| seen += 1).unwrap(),
+        Some(1)
+    );
+    assert_eq!(seen, 1);
+    let idle = |pool: &Mutex<Vec<Connection>>| pool.lock().unwrap().len();
+    // The inline query took (and gave back) a lookup connection, not a plain reader.
+    assert_eq!(idle(&store.inner.lookups), 1);
+    assert_eq!(idle(&store.inner.readers), 0);
+    let cache = |c: &Connection| -> Result<i64, Error> {
+        Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?)
+    };
+    assert_eq!(store.lookup(cache).unwrap(), -LOOKUP_CACHE_KIB);
+    // Every other read keeps SQLite's default page cache.
+    assert_eq!(store.read(cache).unwrap(), -2000);
+}
