@@ -215,6 +215,7 @@ impl ServerProcess {
     ) -> anyhow::Result<ServerProcess> {
         let server = match target {
             Target::Ours | Target::Baseline => {
+                warm(db)?;
                 let mode = if target == Target::Ours {
                     "--serve"
                 } else {
@@ -267,6 +268,27 @@ impl ServerProcess {
     fn stop(self) -> anyhow::Result<()> {
         self.server.stop(Duration::from_secs(10))
     }
+}
+
+/// Reads `db` (and its WAL) through once, so the phase starts with the file in the OS page
+/// cache, as the method says.
+///
+/// This machine kind runs DAMON proactive reclaim (`/sys/kernel/mm/damon`: a `pageout`
+/// scheme for memory idle a few seconds), which drops the file's pages from the page cache
+/// between phases; without this the first seconds of a phase read them back from disk and the
+/// stalls land in the p99 of whichever server happens to run first.
+fn warm(db: &Path) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for path in [
+        db.to_owned(),
+        PathBuf::from(format!("{}-wal", db.display())),
+    ] {
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        while f.read(&mut buf)? > 0 {}
+    }
+    Ok(())
 }
 
 /// One measurement.
@@ -343,11 +365,15 @@ fn drive(a: &Args) -> anyhow::Result<()> {
         db.clone()
     };
     // Product and baseline alternate within each run, so the ratio is taken under the same
-    // machine load.
-    let targets_of = |phase: &str| -> Vec<Target> {
+    // machine load, and swap places from one run to the next (product first in odd runs), so
+    // a drift within a run does not always favour the same one.
+    let targets_of = |phase: &str, run: usize| -> Vec<Target> {
         let mut t = vec![Target::Ours];
         if phase == "exact" || phase == "batch" {
             t.push(Target::Baseline);
+            if run.is_multiple_of(2) {
+                t.reverse();
+            }
         }
         if a.peer && phase != "batch" && phase != "propagation" {
             t.push(Target::Peer);
@@ -363,8 +389,8 @@ fn drive(a: &Args) -> anyhow::Result<()> {
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
     for run in 1..=a.runs {
         for phase in &a.phases {
-            let mut ours_rate = None;
-            for target in targets_of(phase) {
+            let (mut ours_rate, mut base_rate) = (None, None);
+            for target in targets_of(phase, run) {
                 let db = if target == Target::Baseline {
                     &lean
                 } else {
@@ -401,7 +427,7 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                     ))?,
                     other => bail!("unknown phase {other}"),
                 };
-                let name = if target == Target::Ours && targets_of(phase).len() == 1 {
+                let name = if target == Target::Ours && targets_of(phase, run).len() == 1 {
                     phase.clone()
                 } else {
                     format!("{phase} {}", target.name())
@@ -423,17 +449,17 @@ fn drive(a: &Args) -> anyhow::Result<()> {
                 );
                 match target {
                     Target::Ours => ours_rate = Some(sample.rate),
-                    Target::Baseline => {
-                        if let Some(ours) = ours_rate {
-                            let r = ours / sample.rate;
-                            println!("run {run} {phase}: product / baseline = {r:.2}");
-                            match ratios.iter_mut().find(|(p, _)| p == phase) {
-                                Some((_, v)) => v.push(r),
-                                None => ratios.push((phase.clone(), vec![r])),
-                            }
-                        }
-                    }
+                    Target::Baseline => base_rate = Some(sample.rate),
                     Target::Peer => {}
+                }
+                if let (Some(ours), Some(base)) = (ours_rate, base_rate) {
+                    let r = ours / base;
+                    println!("run {run} {phase}: product / baseline = {r:.2}");
+                    match ratios.iter_mut().find(|(p, _)| p == phase) {
+                        Some((_, v)) => v.push(r),
+                        None => ratios.push((phase.clone(), vec![r])),
+                    }
+                    (ours_rate, base_rate) = (None, None);
                 }
                 match results.iter_mut().find(|(p, _)| *p == name) {
                     Some((_, v)) => v.push(sample),
