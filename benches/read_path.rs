@@ -215,7 +215,6 @@ impl ServerProcess {
     ) -> anyhow::Result<ServerProcess> {
         let server = match target {
             Target::Ours | Target::Baseline => {
-                warm(db)?;
                 let mode = if target == Target::Ours {
                     "--serve"
                 } else {
@@ -268,27 +267,6 @@ impl ServerProcess {
     fn stop(self) -> anyhow::Result<()> {
         self.server.stop(Duration::from_secs(10))
     }
-}
-
-/// Reads `db` (and its WAL) through once, so the phase starts with the file in the OS page
-/// cache, as the method says.
-///
-/// This machine kind runs DAMON proactive reclaim (`/sys/kernel/mm/damon`: a `pageout`
-/// scheme for memory idle a few seconds), which drops the file's pages from the page cache
-/// between phases; without this the first seconds of a phase read them back from disk and the
-/// stalls land in the p99 of whichever server happens to run first.
-fn warm(db: &Path) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    for path in [
-        db.to_owned(),
-        PathBuf::from(format!("{}-wal", db.display())),
-    ] {
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            continue;
-        };
-        while f.read(&mut buf)? > 0 {}
-    }
-    Ok(())
 }
 
 /// One measurement.
