@@ -54,7 +54,7 @@ const MAX_IDLE_LOOKUPS: usize = 4;
 /// every lookup reads one or two interior pages from the OS besides its leaf; the `pread`
 /// path (copy, page-cache lookup, syscall) was a third of the server's time under a batch
 /// load (BENCHMARKS.md, "Read path"). With room for the interior pages a lookup reads one
-/// page, its leaf: a batch of 50 DIDs took 14 % less server CPU than with the default cache
+/// page, its leaf: a batch of 50 DIDs took 13 % less server CPU than with the default cache
 /// in an A/B on the bench machine. The cache fills only as pages are read (about 60 MB of
 /// peak RSS under a sustained random load), and only these few connections have it:
 /// backfills, scans and other reads keep the default.
