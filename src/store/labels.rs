@@ -525,7 +525,7 @@ enum Mode {
 /// microseconds, so a relay's batch of 50 senders holds a worker for about 0.4 ms at a million
 /// labels (BENCHMARKS.md, "Read path"), and answering it inline spares the hop to the blocking
 /// pool, which runs two queries at a time: through it, batches left a core idle (111,000
-/// DIDs/s against 150,000 inline in the same sitting).
+/// DIDs/s; about 139,000 inline with the same page cache, the same afternoon).
 const QUICK_MAX_EXACT: usize = 64;
 
 /// Most index entries read in [`Mode::Quick`]: a narrow prefix such as the records of one
