@@ -110,11 +110,6 @@ impl Console {
     }
 }
 
-/// Paths whose handlers need the TCP peer (per-client budgets); the accept loop attaches it.
-pub(crate) fn needs_peer(path: &str) -> bool {
-    path == REQUEST_VERIFICATION_PATH || path == CHECK_DOMAIN_PATH
-}
-
 /// `email.atmos.requestVerification`.
 pub(crate) const REQUEST_VERIFICATION_PATH: &str = "/xrpc/email.atmos.requestVerification";
 /// `email.atmos.checkDomain`.

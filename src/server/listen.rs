@@ -184,10 +184,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// The router, serving one connection, each request through [`super::guard`]. Only
-/// subscribeLabels requests and the console's rate-limited methods get the peer address (as
-/// a [`Peer`] extension): inserting it into every request would cost an allocation on the
-/// queryLabels hot path that nothing there reads.
+/// The router, serving one connection, each request through [`super::guard`] with the
+/// connection's peer address.
 #[derive(Clone)]
 struct PeerService {
     router: Router,
@@ -200,15 +198,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
     type Error = Infallible;
     type Future = super::Guarded;
 
-    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
-        let path = req.uri().path();
-        if path == SUBSCRIBE_PATH || super::console::needs_peer(path) {
-            req.extensions_mut().insert(Peer(self.peer));
-        }
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         // A `Router` is always ready (its `poll_ready` returns `Ready` unconditionally), so
         // calling it directly skips the readiness dance of a generic tower adapter.
         let mut router = self.router.clone();
-        super::guard(&self.shared, &mut router, req)
+        super::guard(&self.shared, &mut router, req, self.peer)
     }
 }
 

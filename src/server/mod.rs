@@ -43,6 +43,7 @@ pub use rate::Rate;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -468,14 +469,25 @@ pub(super) type Guarded = Pin<Box<dyn Future<Output = Result<Response, Infallibl
 
 /// Runs one request through `router` with what every route gets: a `Content-Length` over
 /// [`MAX_BODY`] is answered 413 unread, the request timeout ([`REQUEST_TIMEOUT`]) and the count
-/// in `labeler_server_http_requests_total`.
+/// in `labeler_server_http_requests_total`. Only the routes that count per client
+/// (subscribeLabels, the console's rate-limited methods) get `peer` (as a [`listen::Peer`]
+/// extension): inserting it into every request would cost an allocation on the queryLabels
+/// hot path that nothing there reads.
 ///
 /// This is the connection's service rather than an axum middleware layer: a layer wraps
 /// every route, clones the inner service and boxes two futures per request, and `queryLabels`
 /// for one DID costs about 30 µs in all, so those allocations showed in its profile
 /// (BENCHMARKS.md, "Read path"). Here it is one box.
-pub(super) fn guard(shared: &Arc<Shared>, router: &mut Router, req: Request<Incoming>) -> Guarded {
+pub(super) fn guard(
+    shared: &Arc<Shared>,
+    router: &mut Router,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Guarded {
     let route = Route::of(req.uri().path());
+    if route.needs_peer() {
+        req.extensions_mut().insert(listen::Peer(peer));
+    }
     let too_large = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -554,7 +566,7 @@ impl Route {
     fn of(path: &str) -> Route {
         match path {
             "/xrpc/com.atproto.label.queryLabels" => Route::QueryLabels,
-            "/xrpc/com.atproto.label.subscribeLabels" => Route::SubscribeLabels,
+            listen::SUBSCRIBE_PATH => Route::SubscribeLabels,
             "/xrpc/email.atmos.getVerification" => Route::GetVerification,
             console::REQUEST_VERIFICATION_PATH => Route::RequestVerification,
             console::CHECK_DOMAIN_PATH => Route::CheckDomain,
@@ -565,6 +577,14 @@ impl Route {
             "/metrics" => Route::Metrics,
             _ => Route::Other,
         }
+    }
+
+    /// Routes whose handlers count per client and so need the TCP peer.
+    fn needs_peer(self) -> bool {
+        matches!(
+            self,
+            Route::SubscribeLabels | Route::RequestVerification | Route::CheckDomain
+        )
     }
 
     fn name(self) -> &'static str {
