@@ -615,7 +615,12 @@ fn query_rows(
     }
     // The multi-step plans run in one read transaction: one snapshot and one lock for all of
     // their statements, instead of one each (a `fcntl` and an `fstat` per statement).
-    let tx = c.unchecked_transaction()?;
+    // A lookup connection may already be in one (`lookup`).
+    let tx = if c.is_autocommit() {
+        Some(c.unchecked_transaction()?)
+    } else {
+        None
+    };
     // Plan 1 hands over the matches among the next few seqs: they open the page whatever
     // follows, since every later match has a higher seq.
     let end = q.after.saturating_add(QUICK_SCAN_FACTOR * q.limit as i64);
@@ -635,7 +640,9 @@ fn query_rows(
             None => scan_rows(c, q, &bounds, match_all, all_exact, end, rest, &mut each)?,
         }
     }
-    tx.commit()?;
+    if let Some(tx) = tx {
+        tx.commit()?;
+    }
     Ok(true)
 }
 

@@ -8,8 +8,9 @@
 //! crashes; only an OS crash can lose the last transactions).
 //!
 //! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), a
-//! small pool of read connections, and a smaller pool of lookup connections with a larger
-//! page cache for the indexed lookups the server answers inline (`LOOKUP_CACHE_KIB`). Read
+//! small pool of read connections, and a smaller pool of lookup connections for the indexed
+//! lookups the server answers inline (`lookup`: they map the file and keep their read
+//! transaction while nothing commits). Read
 //! connections enable SQLite's query planner stability guarantee (QPSG): without it rusqlite's
 //! statement cache re-prepares every statement whose plan looked at a bound value, which halves
 //! lookup throughput (`docs/performance.md` §2).
@@ -20,6 +21,7 @@
 mod attestations;
 mod console;
 mod labels;
+mod lookup;
 mod mirror;
 mod schema;
 
@@ -42,10 +44,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle read connections kept for reuse; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 8;
 
-/// Idle lookup connections kept for reuse ([`Store::lookup`]): about one per runtime worker
-/// thread answering inline, with room for a burst.
-const MAX_IDLE_LOOKUPS: usize = 4;
-
 /// Page cache of a lookup connection, in KiB (SQLite's default is 2 MiB).
 ///
 /// An exact lookup descends the covering `labels_by_uri` index: at 1,000,000 labels its
@@ -57,7 +55,9 @@ const MAX_IDLE_LOOKUPS: usize = 4;
 /// page, its leaf: a batch of 50 DIDs took 13 % less server CPU than with the default cache
 /// in an A/B on the bench machine. The cache fills only as pages are read (about 60 MB of
 /// peak RSS under a sustained random load), and only these few connections have it:
-/// backfills, scans and other reads keep the default.
+/// backfills, scans and other reads keep the default. Since lookup connections map the file
+/// (`lookup::MMAP_BYTES`) their pages come from the mapping instead and the cache stays
+/// nearly empty; it still serves a database larger than the mapping.
 const LOOKUP_CACHE_KIB: i64 = 24 * 1024;
 
 /// Store errors.
@@ -131,8 +131,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    /// Read connections with a larger page cache for the inline lookups ([`Store::lookup`]).
-    lookups: Mutex<Vec<Connection>>,
+    /// Read connections for the inline lookups ([`Store::lookup`]).
+    lookups: lookup::Lookups,
     /// Bumped after every commit that wrote labels; the live feed watches it.
     commits: watch::Sender<u64>,
     /// Bumped after every commit that may have brought a re-check closer; the scheduler
@@ -147,12 +147,13 @@ impl Store {
         schema::migrate(&mut writer)?;
         let (commits, _) = watch::channel(0);
         let (schedule, _) = watch::channel(0);
+        let lookups = lookup::Lookups::new(path);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
-                lookups: Mutex::new(Vec::new()),
+                lookups,
                 commits,
                 schedule,
             }),
@@ -197,7 +198,11 @@ impl Store {
 
     /// Locks the writer. A poisoned lock only means another thread panicked mid-call; SQLite
     /// rolled its transaction back when the `Transaction` dropped, so the connection is sound.
+    ///
+    /// Idle lookup connections first end their read transactions ([`lookup`]), so the write
+    /// finds no reader keeping the WAL from being reset.
     fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.inner.lookups.release_idle();
         self.inner
             .writer
             .lock()
@@ -210,16 +215,23 @@ impl Store {
         pooled(&self.inner.readers, MAX_IDLE_READERS, open, f)
     }
 
-    /// Runs `f` with a pooled lookup connection: a read connection whose page cache holds
-    /// the lookup index's interior pages ([`LOOKUP_CACHE_KIB`]). For the short indexed reads
-    /// the server answers inline on its workers.
+    /// Runs `f` with a pooled lookup connection ([`lookup`]): a read connection that maps
+    /// the database file, has room in its page cache for the lookup index's interior pages
+    /// ([`LOOKUP_CACHE_KIB`]) and keeps its read transaction while nothing commits. For the
+    /// short indexed reads the server answers inline on its workers. `f` must only read.
     fn lookup<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let open = || {
             let conn = open_conn(&self.inner.path, true)?;
             conn.pragma_update(None, "cache_size", -LOOKUP_CACHE_KIB)?;
+            // SQLite answers with the size it settled on; the value is not needed.
+            conn.query_row(
+                &format!("PRAGMA mmap_size = {}", lookup::MMAP_BYTES),
+                [],
+                |_| Ok(()),
+            )?;
             Ok(conn)
         };
-        pooled(&self.inner.lookups, MAX_IDLE_LOOKUPS, open, f)
+        self.inner.lookups.run(open, f)
     }
 
     /// Opens a dedicated read connection (for long backfills or change watching).

@@ -713,31 +713,141 @@ fn params_for_plan() -> [rusqlite::types::Value; 4] {
 }
 
 #[test]
-fn inline_queries_run_on_lookup_connections_with_room_for_the_index_interior() {
+fn inline_queries_run_on_lookup_connections_that_map_the_file_and_keep_room_for_the_index() {
     let (_dir, store) = temp_store();
     store
         .write_labels(&[label("did:plc:a", "verified-mail-operator", false)])
         .unwrap();
-    let q = LabelQuery {
-        patterns: vec![UriPattern::Exact("did:plc:a".into())],
-        sources: vec![],
-        after: 0,
-        limit: 50,
-    };
     let mut seen = 0;
     assert_eq!(
-        store.visit_labels_quick(&q, |_, _, _| seen += 1).unwrap(),
+        store
+            .visit_labels_quick(&exact("did:plc:a"), |_, _, _| seen += 1)
+            .unwrap(),
         Some(1)
     );
     assert_eq!(seen, 1);
-    let idle = |pool: &Mutex<Vec<Connection>>| pool.lock().unwrap().len();
     // The inline query took (and gave back) a lookup connection, not a plain reader.
-    assert_eq!(idle(&store.inner.lookups), 1);
-    assert_eq!(idle(&store.inner.readers), 0);
-    let cache = |c: &Connection| -> Result<i64, Error> {
-        Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?)
+    assert_eq!(store.inner.lookups.idle_counts().0, 1);
+    assert_eq!(store.inner.readers.lock().unwrap().len(), 0);
+    let pragma = |name: &'static str| {
+        move |c: &Connection| -> Result<i64, Error> {
+            Ok(c.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?)
+        }
     };
-    assert_eq!(store.lookup(cache).unwrap(), -LOOKUP_CACHE_KIB);
-    // Every other read keeps SQLite's default page cache.
-    assert_eq!(store.read(cache).unwrap(), -2000);
+    assert_eq!(
+        store.lookup(pragma("cache_size")).unwrap(),
+        -LOOKUP_CACHE_KIB
+    );
+    assert_eq!(
+        store.lookup(pragma("mmap_size")).unwrap(),
+        lookup::MMAP_BYTES
+    );
+    // Every other read keeps SQLite's default page cache and reads through `pread`.
+    assert_eq!(store.read(pragma("cache_size")).unwrap(), -2000);
+    assert_eq!(store.read(pragma("mmap_size")).unwrap(), 0);
+}
+
+fn exact(uri: &str) -> LabelQuery {
+    LabelQuery {
+        patterns: vec![UriPattern::Exact(uri.to_owned())],
+        sources: vec![],
+        after: 0,
+        limit: 50,
+    }
+}
+
+/// The negations an inline lookup returns for `uri` (one flag per current label).
+fn looked_up(store: &Store, uri: &str) -> Vec<bool> {
+    let mut negs = Vec::new();
+    let n = store
+        .visit_labels_quick(&exact(uri), |_, l, _| negs.push(l.neg))
+        .unwrap();
+    assert_eq!(n, Some(negs.len()));
+    negs
+}
+
+/// A lookup connection keeps its read transaction between lookups, yet a commit by another
+/// process (here another `Store` on the same file, as the `label` CLI opens one) is served
+/// by the very next lookup: the transaction is renewed as soon as the wal-index header moves.
+#[test]
+fn a_held_lookup_snapshot_never_hides_another_process_commit() {
+    let (dir, store) = temp_store();
+    let other = Store::open(&dir.path().join("t.db")).unwrap();
+    other
+        .write_labels(&[label("did:plc:a", "verified-mail-operator", false)])
+        .unwrap();
+    assert_eq!(looked_up(&store, "did:plc:a"), [false]);
+    assert_eq!(looked_up(&store, "did:plc:a"), [false]);
+    // The connection went back to the pool still in its read transaction...
+    assert_eq!(store.inner.lookups.idle_counts(), (1, 1));
+    // ...so the negation below is seen only because the header check renews it.
+    other
+        .write_labels(&[label("did:plc:a", "verified-mail-operator", true)])
+        .unwrap();
+    assert_eq!(
+        looked_up(&store, "did:plc:a"),
+        [true],
+        "the negation is served"
+    );
+    // A label for a new subject, and the removal of every label, show just as soon.
+    other
+        .write_labels(&[label("did:plc:b", "verified-mail-operator", false)])
+        .unwrap();
+    assert_eq!(looked_up(&store, "did:plc:b"), [false]);
+    let raw = Connection::open(dir.path().join("t.db")).unwrap();
+    raw.execute("DELETE FROM labels WHERE uri = 'did:plc:b'", [])
+        .unwrap();
+    assert_eq!(looked_up(&store, "did:plc:b"), Vec::<bool>::new());
+    assert_eq!(store.inner.lookups.idle_counts(), (1, 1));
+}
+
+/// An idle lookup connection's open read transaction would keep the WAL from being reset;
+/// every write of this process ends it first, so the write's checkpoint copies the whole WAL.
+#[test]
+fn writes_end_idle_lookup_transactions_so_the_wal_is_checkpointed_whole() {
+    let (_dir, store) = temp_store();
+    store
+        .write_labels(&[label("did:plc:a", "verified-mail-operator", false)])
+        .unwrap();
+    assert_eq!(looked_up(&store, "did:plc:a"), [false]);
+    assert_eq!(store.inner.lookups.idle_counts(), (1, 1));
+    store
+        .write_labels(&[label("did:plc:a", "verified-mail-operator", true)])
+        .unwrap();
+    assert_eq!(store.inner.lookups.idle_counts(), (1, 0));
+    let (busy, log, done): (i64, i64, i64) = store
+        .writer()
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((busy, done), (0, log), "every WAL frame was checkpointed");
+
+    // The check is not vacuous: a lookup transaction kept across a write pins the snapshot
+    // before it, and the checkpoint stops short of the write's frames.
+    assert_eq!(looked_up(&store, "did:plc:a"), [true]);
+    let pinned = store.inner.lookups.idle_counts();
+    assert_eq!(pinned, (1, 1));
+    let raw = Connection::open(store.path()).unwrap();
+    raw.execute("UPDATE labels SET cts = cts", []).unwrap();
+    let (log, done): (i64, i64) = raw
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert!(
+        done < log,
+        "a held snapshot pins the WAL ({done} of {log} frames copied)"
+    );
+}
+
+/// A lookup that fails does not keep its transaction.
+#[test]
+fn a_failed_lookup_ends_its_transaction() {
+    let (_dir, store) = temp_store();
+    let err = store
+        .lookup(|c| Ok(c.query_row("SELECT nope FROM labels", [], |r| r.get::<_, i64>(0))?))
+        .unwrap_err();
+    assert!(matches!(err, Error::Sqlite(_)), "{err:?}");
+    assert_eq!(store.inner.lookups.idle_counts(), (1, 0));
 }
