@@ -90,14 +90,16 @@ pub(super) struct Lookups {
 }
 
 impl Lookups {
-    /// The pool for the database at `db`, which the caller's writer connection has open in
-    /// WAL mode (so `<db>-shm` exists and stays).
-    pub(super) fn new(db: &Path) -> Lookups {
+    /// The pool for the database at `db`, which the caller's writer connection has open,
+    /// in WAL mode when `wal` (so `<db>-shm` exists and stays). Outside WAL mode a `-shm` file
+    /// left from earlier says nothing, and a held read transaction would block writers: every
+    /// lookup then runs in its own transaction.
+    pub(super) fn new(db: &Path, wal: bool) -> Lookups {
         let mut shm_path = db.as_os_str().to_owned();
         shm_path.push("-shm");
         Lookups {
             idle: Mutex::new(Vec::new()),
-            shm: File::open(&shm_path).ok(),
+            shm: wal.then(|| File::open(&shm_path).ok()).flatten(),
         }
     }
 

@@ -147,7 +147,8 @@ impl Store {
         schema::migrate(&mut writer)?;
         let (commits, _) = watch::channel(0);
         let (schedule, _) = watch::channel(0);
-        let lookups = lookup::Lookups::new(path);
+        let journal: String = writer.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let lookups = lookup::Lookups::new(path, journal.eq_ignore_ascii_case("wal"));
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
