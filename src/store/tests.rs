@@ -312,12 +312,6 @@ fn exact_lookups_are_never_re_prepared() {
             .write_labels(&[label(&format!("did:plc:{i}"), "spam", false)])
             .unwrap();
     }
-    let exact = |uri: &str| LabelQuery {
-        patterns: vec![UriPattern::Exact(uri.to_owned())],
-        sources: vec![],
-        after: 0,
-        limit: 50,
-    };
     // One test thread, so the pool hands back the same connection every time.
     for i in 0..200 {
         let n = store
