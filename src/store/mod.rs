@@ -9,8 +9,8 @@
 //!
 //! Connections: one writer behind a `std::sync::Mutex` (never held across `.await`), a
 //! small pool of read connections, and a smaller pool of lookup connections for the indexed
-//! lookups the server answers inline (`lookup`: they map the file and keep their read
-//! transaction while nothing commits). Read
+//! lookups the server answers inline (`lookup`: they map the file, keep room for the index's
+//! interior pages and keep their read transaction while nothing commits). Read
 //! connections enable SQLite's query planner stability guarantee (QPSG): without it rusqlite's
 //! statement cache re-prepares every statement whose plan looked at a bound value, which halves
 //! lookup throughput (`docs/performance.md` §2).
@@ -43,22 +43,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle read connections kept for reuse; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 8;
-
-/// Page cache of a lookup connection, in KiB (SQLite's default is 2 MiB).
-///
-/// An exact lookup descends the covering `labels_by_uri` index: at 1,000,000 labels its
-/// entries are about 250 bytes, so its interior pages hold about 15 each and come to 3,800
-/// pages (16 MB) over five levels. With the default cache only the top levels stay cached and
-/// every lookup reads one or two interior pages from the OS besides its leaf; the `pread`
-/// path (copy, page-cache lookup, syscall) was a third of the server's time under a batch
-/// load (BENCHMARKS.md, "Read path"). With room for the interior pages a lookup reads one
-/// page, its leaf: a batch of 50 DIDs took 13 % less server CPU than with the default cache
-/// in an A/B on the bench machine. The cache fills only as pages are read (about 60 MB of
-/// peak RSS under a sustained random load), and only these few connections have it:
-/// backfills, scans and other reads keep the default. Since lookup connections map the file
-/// (`lookup::MMAP_BYTES`) their pages come from the mapping instead and the cache stays
-/// nearly empty; it still serves a database larger than the mapping.
-const LOOKUP_CACHE_KIB: i64 = 24 * 1024;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -218,21 +202,10 @@ impl Store {
 
     /// Runs `f` with a pooled lookup connection ([`lookup`]): a read connection that maps
     /// the database file, has room in its page cache for the lookup index's interior pages
-    /// ([`LOOKUP_CACHE_KIB`]) and keeps its read transaction while nothing commits. For the
-    /// short indexed reads the server answers inline on its workers. `f` must only read.
+    /// and keeps its read transaction while nothing commits. For the short indexed reads the
+    /// server answers inline on its workers. `f` must only read.
     fn lookup<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let open = || {
-            let conn = open_conn(&self.inner.path, true)?;
-            conn.pragma_update(None, "cache_size", -LOOKUP_CACHE_KIB)?;
-            // SQLite answers with the size it settled on; the value is not needed.
-            conn.query_row(
-                &format!("PRAGMA mmap_size = {}", lookup::MMAP_BYTES),
-                [],
-                |_| Ok(()),
-            )?;
-            Ok(conn)
-        };
-        self.inner.lookups.run(open, f)
+        self.inner.lookups.run(|| lookup::open(&self.inner.path), f)
     }
 
     /// Opens a dedicated read connection (for long backfills or change watching).

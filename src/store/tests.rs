@@ -730,7 +730,7 @@ fn inline_queries_run_on_lookup_connections_that_map_the_file_and_keep_room_for_
     };
     assert_eq!(
         store.lookup(pragma("cache_size")).unwrap(),
-        -LOOKUP_CACHE_KIB
+        -lookup::LOOKUP_CACHE_KIB
     );
     assert_eq!(
         store.lookup(pragma("mmap_size")).unwrap(),
